@@ -1,0 +1,115 @@
+"""dccomp's TVM backend: compressed-weight kernels (CSR + codebook) compiled with Apache TVM 0.27.
+
+Usage::
+
+    from dccomp.backends.tvm import TVMBackend
+    m = TVMBackend().lower(ir, target="llvm", example_inputs=(x,))   # callable: m(x) -> torch.Tensor
+    files = TVMBackend().export(ir, "out/", target="arm_cpu", example_inputs=(x,))  # .so + .json
+
+TVM is imported lazily (this package imports without it); without TVM, ``lower``/``export`` raise
+``ImportError`` telling to ``pip install 'dccomp[tvm]'``.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from .targets import TARGETS, resolve_target
+
+__all__ = ["TVMBackend", "TARGETS", "resolve_target"]
+
+_INSTALL_HINT = "the TVM backend needs Apache TVM: pip install 'dccomp[tvm]' (apache-tvm==0.27.0.post1)"
+
+
+def _require_tvm():
+    try:
+        import tvm  # noqa: F401
+        from tvm import relax  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError(_INSTALL_HINT) from e
+
+
+class TVMBackend:
+    """Lower a dccomp IR to TVM: linear layers run on the compressed (CSR + codebook) weights."""
+
+    name = "tvm"
+
+    def lower(self, ir, *, target: str | dict = "llvm", example_inputs=None, **options):
+        """Compile ``ir`` for ``target`` and return a callable module (``m(x: Tensor) -> Tensor``).
+
+        Args:
+            ir: the dccomp IR (``ir.gm`` + compression state of ``ir.weights``).
+            target: ``llvm`` | ``arm_cpu`` | ``cuda`` | ``mali`` or a target dict (see :mod:`.targets`).
+            example_inputs: tensors giving the static input shapes (else ``ir.input_shapes``).
+            **options: ``kernel="sparse"|"dense"`` forces the linear kernel; ``no_fuse=True`` disables
+                ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch.
+
+        The returned module runs the Relax VM on the CPU for host targets; for cross targets (aarch64, GPUs)
+        calling it raises ``RuntimeError`` saying it can only be exported.
+        """
+        _require_tvm()
+        from .lower import LoweredModule, _input_shapes
+
+        arch = options.pop("arch", None)
+        tgt = resolve_target(target, arch=arch)
+        return LoweredModule(ir, _input_shapes(ir, example_inputs), tgt, options)
+
+    def export(self, ir, out_dir, *, target: str | dict = "llvm", example_inputs=None, name: str | None = None,
+               **options) -> list[pathlib.Path]:
+        """Write ``<name>.so`` (the compiled Relax executable; aarch64 via ``aarch64-linux-gnu-gcc``) and
+        ``<name>.json`` (inputs, outputs, target, per-layer kernels and weight bytes). Returns both paths."""
+        _require_tvm()
+        from .lower import _input_shapes, compile_ir
+        from .targets import cross_compiler
+
+        arch = options.pop("arch", None)
+        tgt = resolve_target(target, arch=arch)
+        shapes = _input_shapes(ir, example_inputs)
+        ex, mod, layers = compile_ir(ir, shapes, tgt, **options)
+        out = pathlib.Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        base = name or (getattr(ir, "name", None) or "model")
+        lib_path = out / f"{base}.so"
+        cc = cross_compiler(tgt)
+        if cc is not None:
+            ex.export_library(str(lib_path), cc=cc)
+        else:
+            ex.export_library(str(lib_path))
+        ret = mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else None
+        outputs = _outputs_json(mod)
+        meta: dict[str, Any] = {
+            "format": "dccomp-tvm/1",
+            "library": lib_path.name,
+            "entry": "main",
+            "runtime": "tvm.relax.VirtualMachine(tvm.runtime.load_module(library), device)['main']",
+            "target": tgt,
+            "inputs": [{"name": f"x{i}", "shape": list(s), "dtype": "float32"} for i, s in enumerate(shapes)],
+            "outputs": outputs,
+            "layers": [layer.to_json() for layer in layers],
+            "weight_const_nbytes": sum(layer.const_nbytes for layer in layers),
+        }
+        json_path = out / f"{base}.json"
+        json_path.write_text(json.dumps(meta, indent=2))
+        del ret
+        return [lib_path, json_path]
+
+
+def _outputs_json(mod) -> list[dict]:
+    fn = mod["main"]
+    ty = getattr(fn, "ret_ty", None) or getattr(fn, "ret_struct_info", None)
+    if ty is None:
+        try:
+            ty = fn.ty.ret
+        except AttributeError:
+            return []
+
+    def one(t):
+        if hasattr(t, "fields"):
+            return [x for f in t.fields for x in one(f)]
+        return [{"shape": [int(s) for s in t.shape], "dtype": str(t.dtype)}]
+
+    try:
+        return one(ty)
+    except (AttributeError, TypeError):
+        return []

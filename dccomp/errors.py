@@ -1,0 +1,45 @@
+"""Exceptions raised by dccomp.
+
+Every error dccomp raises on purpose derives from :class:`DccompError`, so callers can catch them all at once.
+"""
+from __future__ import annotations
+
+__all__ = ["DccompError", "FormatError", "TracingError", "VerificationError", "PassError",
+           "PipelineSyntaxError", "RegistryError"]
+
+
+class DccompError(Exception):
+    """Base class of every error dccomp raises on purpose."""
+
+
+class FormatError(DccompError, ValueError):
+    """A ``.dcc`` file (or a typed array inside one) is malformed, corrupted, truncated or from a newer dccomp.
+
+    The message names what is wrong (the field or section, and the expected vs the found value).
+    It is also a :class:`ValueError`, so code that already handles bad values keeps working.
+    """
+
+
+class TracingError(DccompError):
+    """``torch.fx`` could not trace the model, or the model holds something tracing would silently drop
+    (forward hooks, parametrizations). The message names the construct and the workarounds."""
+
+
+class VerificationError(DccompError):
+    """An IR invariant is broken. ``layer`` names the weight, ``invariant`` the broken rule."""
+
+    def __init__(self, layer: str, invariant: str, detail: str = ""):
+        self.layer, self.invariant, self.detail = layer, invariant, detail
+        super().__init__(f"IR verification failed at {layer!r}: {invariant}" + (f" ({detail})" if detail else ""))
+
+
+class PassError(DccompError):
+    """A pass failed, or its requirements were not met. Names the pass and the passes that ran before it."""
+
+
+class PipelineSyntaxError(DccompError, ValueError):
+    """A pipeline string such as ``prune{sparsity=0.9},cluster{bits=5}`` could not be parsed."""
+
+
+class RegistryError(DccompError):
+    """A pass or backend name is unknown, or registered twice."""

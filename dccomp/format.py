@@ -1,0 +1,258 @@
+"""The ``.dcc`` compressed model file: the IR's coded weights in a safe container (see docs/format.md).
+
+No pickle and no code: a JSON manifest plus binary sections, every count checked before decoding.
+Weights that were never entropy-coded are stored in their current state with the ``fixed`` coder (P+Q), and
+dense parameters and buffers raw, so :func:`save` works after any pass and the file size is always the true size.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .container import Container, container_bytes, pack_array, read_container, unpack_array, write_container
+from .errors import FormatError
+from .ir import IR, Coded, Weight
+from .wcodec import MAX_ELEMENTS, code_weight, decode_weight, default_index_bits
+
+__all__ = ["save", "load", "file_nbytes", "plan_file", "DccFile", "FilePlan"]
+
+FORMAT_NAME = "dccomp-model"
+_DT_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64",
+             torch.bfloat16: "bfloat16", torch.int64: "int64", torch.int32: "int32", torch.bool: "bool",
+             torch.uint8: "uint8"}
+_DT_TORCH = {v: k for k, v in _DT_NAMES.items()}
+
+
+@dataclass
+class FilePlan:
+    """What :func:`save` writes: the manifest ``meta``, the ``sections`` and, per tensor, its section names."""
+
+    meta: dict[str, Any]
+    sections: dict[str, bytes]
+    owners: dict[str, list[str]]  # tensor name -> its section names
+
+
+def _coded_for_file(ir: IR, w: Weight) -> Coded:
+    if w.coded is not None:
+        return w.coded
+    return code_weight(ir.param(w.name), w, "fixed", default_index_bits(w.kind))
+
+
+def plan_file(ir: IR) -> FilePlan:
+    """Lay out the ``.dcc`` file for ``ir`` (deterministic: same IR, same bytes)."""
+    aliases: dict[str, list[str]] = {}
+    params = dict(ir.gm.named_parameters(remove_duplicate=False))
+    canon = {}
+    for name, p in params.items():
+        canon.setdefault(id(p), name)
+        if canon[id(p)] != name:
+            aliases.setdefault(canon[id(p)], []).append(name)
+    tensors: list[dict[str, Any]] = []
+    sections: dict[str, bytes] = {}
+    owners: dict[str, list[str]] = {}
+    for w in ir.weights.values():
+        p = ir.param(w.name)
+        coded = _coded_for_file(ir, w)
+        entry: dict[str, Any] = {"name": w.name, "role": "weight", "kind": w.kind, "shape": list(p.shape),
+                                 "dtype": _DT_NAMES.get(p.dtype, "float32"), "coder": coded.coder,
+                                 "index_bits": coded.index_bits, "meta": {k: v for k, v in coded.meta.items()},
+                                 "streams": list(coded.streams)}
+        if w.bits is not None:
+            entry["bits"] = w.bits
+        names = []
+        for s, data in coded.streams.items():
+            sections[f"{w.name}/{s}"] = data
+            names.append(f"{w.name}/{s}")
+        if w.codebook is not None:
+            cdt = coded.meta.get("codebook_dtype", "float32")
+            buf, descr = pack_array(w.codebook.numpy().astype(cdt))
+            sections[f"{w.name}/codebook"] = buf
+            entry["codebook"] = descr
+            names.append(f"{w.name}/codebook")
+        if w.name in aliases:
+            entry["aliases"] = aliases[w.name]
+        tensors.append(entry)
+        owners[w.name] = names
+    raw = [(d.name, ir.param(d.name), "dense", d.reason) for d in ir.dense]
+    raw += [(n, b, "buffer", "buffer") for n, b in ir.gm.named_buffers()]
+    for name, t, role, reason in raw:
+        buf, descr = pack_array(t.detach().cpu().numpy())
+        sections[name] = buf
+        entry = {"name": name, "role": role, "reason": reason, "array": descr}
+        if name in aliases:
+            entry["aliases"] = aliases[name]
+        tensors.append(entry)
+        owners[name] = [name]
+    meta = {"format": FORMAT_NAME, "model": ir.name, "tensors": tensors}
+    return FilePlan(meta, sections, owners)
+
+
+def file_nbytes(ir: IR) -> int:
+    """Exact size in bytes of the file :func:`save` would write for ``ir``."""
+    plan = plan_file(ir)
+    return len(container_bytes(plan.meta, plan.sections))
+
+
+def save(compiled: Any, path: str | os.PathLike) -> int:
+    """Write a compiled model (``CompiledModel`` or ``IR``) to ``path`` atomically.
+
+    The file is written to a temporary file in the same folder, fsynced and renamed over ``path``: a crash
+    mid-save leaves any previous file intact. Same IR, same bytes.
+
+    Returns:
+        the file size in bytes (what :meth:`CompiledModel.report` totals).
+
+    Raises:
+        TypeError: ``compiled`` is neither. OSError: the folder is not writable.
+    """
+    ir = compiled if isinstance(compiled, IR) else getattr(compiled, "ir", None)
+    if not isinstance(ir, IR):
+        raise TypeError(f"dccomp.save needs a CompiledModel or IR, got {type(compiled).__name__}")
+    plan = plan_file(ir)
+    return write_container(path, plan.meta, plan.sections)
+
+
+def _req(d: Any, key: str, typ: type | tuple, where: str) -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise FormatError(f"{where}: missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
+        raise FormatError(f"{where}: field {key!r} has the wrong type ({type(v).__name__})")
+    return v
+
+
+def _shape(v: Any, where: str) -> list[int]:
+    if not isinstance(v, list) or len(v) > 32 or not all(type(d) is int and d >= 0 for d in v):
+        raise FormatError(f"{where}: shape must be a list of non-negative integers, got {v!r}"[:200])
+    if math.prod(v) > MAX_ELEMENTS:
+        raise FormatError(f"{where}: shape {v} is larger than the limit of {MAX_ELEMENTS} elements")
+    return v
+
+
+class DccFile:
+    """A ``.dcc`` file opened without the model's architecture: list, inspect and decode its tensors.
+
+    Attributes:
+        container: the validated container; ``meta`` its manifest; ``names`` the tensor names in file order;
+        file_size: bytes on disk.
+    """
+
+    def __init__(self, container: Container):
+        self.container = container
+        meta = container.meta
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+            raise FormatError(f"manifest format is {meta.get('format') if isinstance(meta, dict) else meta!r}, "
+                              f"expected {FORMAT_NAME!r}: not a dccomp model file")
+        self.meta = meta
+        tensors = _req(meta, "tensors", list, "manifest")
+        self._entries: dict[str, dict] = {}
+        for i, e in enumerate(tensors):
+            name = _req(e, "name", str, f"tensor #{i}")
+            if name in self._entries:
+                raise FormatError(f"tensor {name!r} is listed twice")
+            role = _req(e, "role", str, f"tensor {name!r}")
+            if role == "weight":
+                _shape(_req(e, "shape", list, f"tensor {name!r}"), f"tensor {name!r}")
+                for s in _req(e, "streams", list, f"tensor {name!r}"):
+                    if not isinstance(s, str) or f"{name}/{s}" not in container:
+                        raise FormatError(f"tensor {name!r}: stream {s!r} has no section")
+                if "codebook" in e and f"{name}/codebook" not in container:
+                    raise FormatError(f"tensor {name!r}: codebook section missing")
+            elif role in ("dense", "buffer"):
+                if name not in container:
+                    raise FormatError(f"tensor {name!r}: section missing")
+                _req(e, "array", dict, f"tensor {name!r}")
+            else:
+                raise FormatError(f"tensor {name!r}: unknown role {role!r}")
+            self._entries[name] = e
+        self.names = list(self._entries)
+        self.file_size = container.file_size
+
+    def info(self, name: str) -> dict:
+        """The manifest entry of tensor ``name`` (shape, role, coder, counts...). Raises KeyError if absent."""
+        if name not in self._entries:
+            raise KeyError(f"no tensor {name!r} in this file; it holds: {', '.join(self.names)}")
+        return self._entries[name]
+
+    def decode(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(values, mask, codebook, indices)`` of a weight (mask/codebook/indices ``None`` when absent).
+
+        Raises:
+            FormatError: the entry or its streams are malformed.
+        """
+        e = self.info(name)
+        where = f"tensor {name!r}"
+        if e["role"] != "weight":
+            arr = unpack_array(self.container.section(name), e["array"], MAX_ELEMENTS)
+            return torch.from_numpy(arr), None, None, None
+        shape = e["shape"]
+        index_bits = _req(e, "index_bits", int, where)
+        coded = Coded(_req(e, "coder", str, where), index_bits,
+                      {s: self.container.section(f"{name}/{s}") for s in e["streams"]},
+                      _req(e, "meta", dict, where))
+        codebook = None
+        if "codebook" in e:
+            codebook = unpack_array(self.container.section(f"{name}/codebook"), e["codebook"], 1 << 16)
+            if codebook.ndim != 1 or codebook.dtype.kind != "f" or not np.isfinite(codebook).all():
+                raise FormatError(f"{where}: codebook must be a finite 1-D float array")
+            codebook = codebook.astype(np.float32)
+        values, mask, indices = decode_weight(name, shape, coded, codebook)
+        cb = None if codebook is None else torch.from_numpy(codebook)
+        return values, mask, cb, indices
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """The dense value of tensor ``name`` (decoded), in its stored dtype."""
+        values = self.decode(name)[0]
+        dt = self._entries[name].get("dtype")
+        return values.to(_DT_TORCH[dt]) if dt in _DT_TORCH and values.is_floating_point() else values
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """All tensors decoded, keyed as in the model's ``state_dict`` (tied names included)."""
+        out: dict[str, torch.Tensor] = {}
+        for name in self.names:
+            t = self.tensor(name)
+            for n in [name] + list(self._entries[name].get("aliases", [])):
+                out[str(n)] = t
+        return out
+
+    def __repr__(self) -> str:
+        return f"DccFile(model={self.meta.get('model')!r}, tensors={len(self.names)}, bytes={self.file_size})"
+
+
+def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> DccFile | nn.Module:
+    """Read a ``.dcc`` file.
+
+    Args:
+        path: file path (or the file's bytes).
+        model: optional instance of the architecture; its parameters and buffers are replaced by the file's.
+
+    Returns:
+        ``model`` with the weights restored (in eval mode), or a :class:`DccFile` when no model is given.
+
+    Raises:
+        FormatError: anything wrong with the file (truncated, corrupted, wrong magic, newer version,
+            inconsistent counts, absurd sizes).
+        ValueError: the file's tensors do not match ``model``'s (names or shapes), naming the difference.
+    """
+    f = DccFile(read_container(path))
+    if model is None:
+        return f
+    sd = f.state_dict()
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    if missing or extra:
+        raise ValueError(f"the file's tensors do not match {type(model).__name__}: missing from the file "
+                         f"{missing[:5]}, not in the model {extra[:5]}; pass an instance of the compressed "
+                         f"architecture ({f.meta.get('model')})")
+    for k, t in sd.items():
+        if tuple(t.shape) != tuple(own[k].shape):
+            raise ValueError(f"tensor {k!r}: file has shape {tuple(t.shape)}, model has {tuple(own[k].shape)}")
+    model.load_state_dict(sd, strict=True)
+    model.eval()
+    return model

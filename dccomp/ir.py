@@ -1,0 +1,178 @@
+"""dccomp's IR: a traced ``torch.fx`` graph whose compressible parameters carry a compression state.
+
+The states follow Deep Compression (Han, Mao, Dally, ICLR 2016, Fig. 1)::
+
+    dense -> masked (pruning mask) -> clustered (codebook + cluster indices) -> coded (entropy-coded streams)
+
+A :class:`Weight` is one compressible parameter (``Linear``/``Conv*``/``ConvTranspose*``/``Embedding`` weights).
+Its values live in the graph module's parameter (so training updates them in place); the state fields hold
+the mask, codebook and cluster indices, and the coded streams. Parameters that stay dense (biases, BatchNorm)
+are listed in :attr:`IR.dense`, with the reason.
+"""
+from __future__ import annotations
+
+import copy
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import fx, nn
+
+__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR"]
+
+
+class State(enum.IntEnum):
+    """Compression state of a weight, ordered: each state implies the work of the ones before it may be done."""
+
+    DENSE = 0
+    MASKED = 1
+    CLUSTERED = 2
+    CODED = 3
+
+    def __str__(self) -> str:  # "dense", "masked", ...
+        return self.name.lower()
+
+
+@dataclass
+class Coded:
+    """Entropy-coded form of one weight (Deep Compression §2 and §4).
+
+    Attributes:
+        coder: name of the entropy coder (``"huffman"`` or ``"ans"``).
+        index_bits: width in bits of each relative index (gap) field; gaps larger than ``2**index_bits - 1``
+            are split with filler zeros (paper Fig. 2).
+        streams: named byte strings that together with ``meta`` decode back to the weight exactly.
+        meta: JSON-serializable decoding parameters (symbol counts, code lengths, ...).
+        n_fillers: number of filler zeros inserted.
+    """
+
+    coder: str
+    index_bits: int
+    streams: dict[str, bytes]
+    meta: dict[str, Any] = field(default_factory=dict)
+    n_fillers: int = 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all coded streams (the coded size of the weight, excluding the codebook)."""
+        return sum(len(b) for b in self.streams.values())
+
+
+@dataclass
+class Weight:
+    """One compressible parameter and its compression state.
+
+    Attributes:
+        name: qualified parameter name in the module, e.g. ``"fc1.weight"``.
+        kind: layer kind: ``linear``, ``conv1d``, ``conv2d``, ``conv3d``, ``conv_transpose1d/2d/3d``, ``embedding``.
+        users: names of the graph ops (fx node names) that read this weight; more than one means a tied weight.
+        mask: ``torch.bool`` tensor of the weight's shape, ``True`` where the weight survives; ``None`` if unpruned.
+        codebook: float32 tensor of shape ``(k,)``, the shared weights (centroids), ``None`` until clustered.
+        indices: int64 tensor of the weight's shape, cluster index of each weight (0 where masked out);
+            ``None`` until clustered.
+        bits: bits per cluster index, ``ceil(log2(k))`` of the requested k (paper's P+Q weight bits).
+        coded: the entropy-coded streams, ``None`` until coded.
+        groups: conv groups (1 otherwise), kept for reports and kernels.
+    """
+
+    name: str
+    kind: str
+    users: list[str]
+    mask: torch.Tensor | None = None
+    codebook: torch.Tensor | None = None
+    indices: torch.Tensor | None = None
+    bits: int | None = None
+    coded: Coded | None = None
+    groups: int = 1
+
+    @property
+    def state(self) -> State:
+        """The furthest compression state reached."""
+        if self.coded is not None:
+            return State.CODED
+        if self.codebook is not None:
+            return State.CLUSTERED
+        if self.mask is not None:
+            return State.MASKED
+        return State.DENSE
+
+    @property
+    def k(self) -> int | None:
+        """Number of centroids (codebook entries), ``None`` until clustered."""
+        return None if self.codebook is None else int(self.codebook.numel())
+
+
+@dataclass
+class DenseParam:
+    """A parameter left dense (stored raw), with why: e.g. ``"bias"``, ``"batchnorm"``, ``"unsupported layer"``."""
+
+    name: str
+    reason: str
+
+
+@dataclass
+class Op:
+    """One graph node in IR order: ``name`` (fx node name), ``opcode`` (fx op), ``target`` (printable),
+    ``args`` (names of the input nodes), ``weights``/``params`` (qualified names of parameters it reads)."""
+
+    name: str
+    opcode: str
+    target: str
+    args: list[str]
+    weights: list[str] = field(default_factory=list)
+    params: list[str] = field(default_factory=list)
+
+
+class IR:
+    """A traced model plus the compression state of its parameters.
+
+    Attributes:
+        gm: the ``torch.fx.GraphModule``; its parameters hold the current weight values (float32).
+        weights: compressible weights by qualified name, in layer (topological) order.
+        dense: parameters stored raw, with the reason.
+        ops: graph nodes in topological order (for the text form and the backends).
+        name: model class name.
+        skipped: ``{param_name: reason}`` for parameters a pass did not compress (shown in reports).
+        input_shapes: shapes of the example inputs used for tracing (may be empty).
+    """
+
+    def __init__(self, gm: fx.GraphModule, weights: dict[str, Weight], dense: list[DenseParam], ops: list[Op],
+                 name: str, input_shapes: list[tuple[int, ...]] | None = None):
+        self.gm = gm
+        self.weights = weights
+        self.dense = dense
+        self.ops = ops
+        self.name = name
+        self.skipped: dict[str, str] = {}
+        self.input_shapes = input_shapes or []
+
+    # -- access ------------------------------------------------------------------------------------------
+    def param(self, name: str) -> nn.Parameter:
+        """The live parameter tensor named ``name`` (raises ``KeyError`` naming it if absent)."""
+        params = dict(self.gm.named_parameters(remove_duplicate=False))
+        if name not in params:
+            raise KeyError(f"no parameter named {name!r} in the model")
+        return params[name]
+
+    def __iter__(self) -> Iterator[Weight]:
+        return iter(self.weights.values())
+
+    def min_state(self) -> State:
+        """The least advanced state over all compressible weights (``DENSE`` if there are none)."""
+        return min((w.state for w in self), default=State.DENSE)
+
+    def clone(self) -> "IR":
+        """A deep copy: passes run on a clone so a failed pass leaves the previous IR untouched."""
+        return copy.deepcopy(self)
+
+    def dense_nbytes(self) -> int:
+        """Bytes of all parameters as dense float32 (the reference size for compression ratios)."""
+        return sum(p.numel() * 4 for p in self.gm.parameters())
+
+    def __str__(self) -> str:
+        from .text import ir_to_text
+
+        return ir_to_text(self)
+
+    __repr__ = __str__

@@ -1,0 +1,158 @@
+"""Training and evaluation on the user's data, used by the ``retrain`` pass and the demo.
+
+A :class:`Trainer` holds the data, the loss and optionally a user training step (so retraining composes with
+DDP or AMP): ``step_fn(module, batch, optimizer) -> float loss`` must run forward, backward and
+``optimizer.step()``. dccomp's mask and weight-sharing constraints are applied by gradient hooks and after each
+step, so they hold whatever the step does.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+__all__ = ["Trainer", "make_optimizer", "OPTIMIZERS"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def make_optimizer(params: Sequence[torch.Tensor], name: str = "sgd", lr: float = 0.01, momentum: float = 0.9,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """SGD (with momentum, the default), Adam or AdamW over ``params``.
+
+    Raises:
+        ValueError: unknown optimizer name, or lr <= 0.
+    """
+    if lr <= 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+    if data is None:
+        return None
+    if isinstance(data, DataLoader):
+        return data
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = TensorDataset(*data)
+    if isinstance(data, Dataset):
+        g = torch.Generator().manual_seed(seed)
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
+    if isinstance(data, Iterable):
+        return data
+    raise TypeError("training/eval data must be a torch Dataset, a DataLoader, an iterable of (inputs, targets) "
+                    f"batches, or a tuple (inputs, targets) of tensors; got {type(data).__name__}")
+
+
+class Trainer:
+    """Data, loss and training loop for retraining.
+
+    Args:
+        train_data: ``Dataset``, ``DataLoader``, iterable of ``(inputs, targets)`` batches, or ``(X, y)`` tensors.
+        eval_data: same forms, for :meth:`evaluate` (top-1 accuracy).
+        loss: ``loss(outputs, targets) -> scalar tensor``; cross-entropy by default.
+        batch_size: used when the data is not already a DataLoader.
+        step_fn: optional user step ``step_fn(module, batch, optimizer) -> float`` (forward, backward, step).
+        max_batches: stop each epoch after this many batches (for quick runs and tests).
+    """
+
+    def __init__(self, train_data: Any = None, eval_data: Any = None, loss: Callable | None = None, *,
+                 batch_size: int = 128, eval_batch_size: int = 1000, step_fn: Callable | None = None,
+                 max_batches: int | None = None, device: str | torch.device = "cpu"):
+        self.train_data, self.eval_data = train_data, eval_data
+        self.loss = loss or nn.functional.cross_entropy
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.step_fn = step_fn
+        self.max_batches = max_batches
+        self.device = torch.device(device)
+        _as_loader(train_data, batch_size, True, 0)  # type check early
+        _as_loader(eval_data, eval_batch_size, False, 0)
+
+    def _step(self, module: nn.Module, batch: Any, opt: torch.optim.Optimizer) -> float:
+        if self.step_fn is not None:
+            return float(self.step_fn(module, batch, opt))
+        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        opt.zero_grad(set_to_none=True)
+        out = self.loss(module(x), y)
+        out.backward()
+        opt.step()
+        return float(out.detach())
+
+    def fit(self, module: nn.Module, params: Sequence[torch.Tensor] | Sequence[dict], *, epochs: float = 1, optimizer: str = "sgd",
+            lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
+            after_step: Callable[[torch.optim.Optimizer], None] | None = None,
+            progress: Callable | None = None, seed: int = 0) -> dict[str, float]:
+        """Train ``params`` (tensors or torch param-group dicts) of ``module`` for ``epochs`` (fractions allowed).
+
+        ``after_step(optimizer)`` runs after every optimizer step (dccomp re-applies masks there).
+
+        Returns:
+            ``{"loss": mean training loss of the last epoch, "steps": number of steps}``.
+
+        Raises:
+            ValueError: no training data, or epochs < 0.
+        """
+        if self.train_data is None:
+            raise ValueError("retraining needs training data: pass train_data=... (and loss=...) to "
+                             "dccomp.compile, or a dccomp.Trainer")
+        if epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {epochs}")
+        opt = make_optimizer(list(params), optimizer, lr, momentum, weight_decay)
+        module.train()
+        steps, last = 0, float("nan")
+        full, frac = int(epochs), epochs - int(epochs)
+        for ep in range(full + (1 if frac > 0 else 0)):
+            loader = _as_loader(self.train_data, self.batch_size, True, seed * 1000 + ep)
+            limit = self.max_batches
+            if ep == full:  # fractional last epoch
+                n = len(loader) if hasattr(loader, "__len__") else None
+                limit = max(1, int(round(frac * (n if n is not None else (limit or 1)))))
+                if self.max_batches is not None:
+                    limit = min(limit, self.max_batches)
+            total, count = 0.0, 0
+            it = enumerate(loader)
+            if progress is not None:
+                n = len(loader) if hasattr(loader, "__len__") else None
+                it = progress(it, total=min(n, limit) if (n and limit) else (limit or n), desc=f"epoch {ep + 1}")
+            for b, batch in it:
+                if limit is not None and b >= limit:
+                    break
+                total += self._step(module, batch, opt)
+                count += 1
+                steps += 1
+                if after_step is not None:
+                    after_step(opt)
+            last = total / max(count, 1)
+        return {"loss": last, "steps": steps}
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module | Callable, data: Any = None) -> dict[str, float]:
+        """Top-1 accuracy (fraction in [0, 1]) and mean loss of ``module`` on ``data`` (default: eval_data).
+
+        Raises:
+            ValueError: no evaluation data.
+        """
+        data = self.eval_data if data is None else data
+        if data is None:
+            raise ValueError("evaluation needs eval_data=...")
+        if isinstance(module, nn.Module):
+            was = module.training
+            module.eval()
+        correct, n, loss_sum = 0, 0, 0.0
+        for batch in _as_loader(data, self.eval_batch_size, False, 0):
+            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            out = module(x)
+            loss_sum += float(self.loss(out, y)) * len(y)
+            correct += int((out.argmax(1) == y).sum())
+            n += len(y)
+        if isinstance(module, nn.Module) and was:
+            module.train()
+        return {"accuracy": correct / max(n, 1), "loss": loss_sum / max(n, 1), "n": n}

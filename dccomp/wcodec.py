@@ -1,0 +1,162 @@
+"""Coding one weight into byte streams and back (Deep Compression §2 and §4).
+
+A weight is stored according to its state:
+
+- ``dense``: ``values`` = float32 raw, all entries.
+- ``masked``: ``gaps`` = relative sparse indices (``index_bits`` fields, filler entries, see
+  :mod:`dccomp.coding.sparse`), ``values`` = float32 raw survivors.
+- ``clustered``/``coded``: ``gaps`` as above (absent when the weight has no mask), ``codes`` = cluster index of
+  each survivor; the codebook is stored beside (float32, or float16 when the codebook was rounded to it).
+
+Symbol streams go through a coder: ``fixed`` (fixed width: the paper's P+Q), ``huffman`` (canonical Huffman,
+P+Q+H) or ``ans``. Decoding validates every count against the declared shape and raises ``FormatError``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .coding import CODERS
+from .coding.fixed import FixedCoder
+from .coding.sparse import decode_positions, encode_positions
+from .errors import FormatError
+from .ir import Coded, Weight
+
+__all__ = ["ALL_CODERS", "code_weight", "decode_weight", "default_index_bits"]
+
+ALL_CODERS = {"fixed": FixedCoder, **CODERS}
+
+#: largest tensor a file may declare (elements); guards allocation before decoding.
+MAX_ELEMENTS = 1 << 34
+
+
+def default_index_bits(kind: str) -> int:
+    """Paper's relative-index width: 8 bits for conv, 5 for fully connected (§2)."""
+    return 5 if kind == "linear" else 8
+
+
+def code_weight(values: torch.Tensor, w: Weight, coder: str, index_bits: int) -> Coded:
+    """Encode one weight's current state into streams.
+
+    Args:
+        values: the weight tensor (float, any shape).
+        w: its IR entry (mask / codebook / indices decide what is stored).
+        coder: ``fixed``, ``huffman`` or ``ans``.
+        index_bits: relative index width, 1..16.
+
+    Returns:
+        :class:`~dccomp.ir.Coded` whose ``meta`` holds everything :func:`decode_weight` needs besides the
+        streams (counts, coder metas) and whose streams hold the data.
+    """
+    c = ALL_CODERS[coder]()
+    flat = values.detach().reshape(-1).float()
+    meta: dict[str, Any] = {"n": int(flat.numel())}
+    streams: dict[str, bytes] = {}
+    n_fillers = 0
+    if w.mask is not None:
+        live = w.mask.reshape(-1)
+        pos = torch.nonzero(live).reshape(-1).numpy()
+        gaps, is_filler = encode_positions(pos, flat.numel(), index_bits)
+        n_fillers = int(is_filler.sum())
+        streams["gaps"], meta["gaps"] = c.compress(gaps.astype(np.int32), 1 << index_bits)
+        meta["nnz"] = int(pos.size)
+    else:
+        live = torch.ones_like(flat, dtype=torch.bool)
+        meta["nnz"] = int(flat.numel())
+    if w.codebook is not None:
+        k = max(int(w.codebook.numel()), 1)
+        codes = w.indices.reshape(-1)[live].numpy().astype(np.int32)
+        streams["codes"], meta["codes"] = c.compress(codes, k)
+        meta["k"] = int(w.codebook.numel())
+    else:
+        streams["values"] = flat[live].numpy().astype("<f4").tobytes()
+    return Coded(coder, index_bits, streams, meta, n_fillers)
+
+
+def _int(meta: dict, key: str, lo: int, hi: int, where: str) -> int:
+    v = meta.get(key)
+    if type(v) is not int or not lo <= v <= hi:
+        raise FormatError(f"{where}: field {key!r} must be an integer in [{lo}, {hi}], got {v!r}")
+    return v
+
+
+def decode_weight(name: str, shape: list[int], coded: Coded, codebook: np.ndarray | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Inverse of :func:`code_weight`.
+
+    Returns:
+        ``(values float32 of shape, mask bool or None, indices int64 or None)``.
+
+    Raises:
+        FormatError: unknown coder, counts inconsistent with the shape, a stream that does not decode.
+    """
+    where = f"tensor {name!r}"
+    if coded.coder not in ALL_CODERS:
+        raise FormatError(f"{where}: unknown coder {coded.coder!r}; this dccomp reads {', '.join(ALL_CODERS)}")
+    n = math.prod(shape)
+    if n > MAX_ELEMENTS:
+        raise FormatError(f"{where}: shape {shape} declares {n} elements, more than the limit {MAX_ELEMENTS}")
+    m = coded.meta
+    if _int(m, "n", 0, MAX_ELEMENTS, where) != n:
+        raise FormatError(f"{where}: declared {m['n']} elements but shape {shape} holds {n}")
+    nnz = _int(m, "nnz", 0, n, where)
+    c = ALL_CODERS[coded.coder]()
+    expected = {"gaps"} if "gaps" in m else set()
+    expected |= {"codes"} if codebook is not None else {"values"}
+    if set(coded.streams) != expected:
+        raise FormatError(f"{where}: streams {sorted(coded.streams)} do not match its encoding {sorted(expected)}")
+
+    def run(stream: str, alphabet: int, most: int, exact: bool) -> np.ndarray:
+        sm = m.get(stream)
+        if not isinstance(sm, dict) or sm.get("k") != alphabet:
+            raise FormatError(f"{where}: stream {stream!r} declares alphabet {sm!r}, expected {alphabet}")
+        count = sm.get("n")
+        if type(count) is not int or count < 0 or count > most or (exact and count != most):
+            raise FormatError(f"{where}: stream {stream!r} declares {count!r} symbols, expected "
+                              f"{'exactly' if exact else 'at most'} {most}")
+        try:
+            return c.decompress(coded.streams[stream], sm)
+        except ValueError as e:
+            raise FormatError(f"{where}: stream {stream!r} does not decode: {e}") from None
+
+    mask = None
+    if "gaps" in m:
+        if not 1 <= coded.index_bits <= 16:
+            raise FormatError(f"{where}: index_bits {coded.index_bits} not in [1, 16]")
+        gaps = run("gaps", 1 << coded.index_bits, nnz + n // ((1 << coded.index_bits) - 1) + 1, False)
+        try:
+            pos = decode_positions(gaps, coded.index_bits, n)
+        except ValueError as e:
+            raise FormatError(f"{where}: sparse index stream is invalid: {e}") from None
+        if pos.size != nnz:
+            raise FormatError(f"{where}: sparse indices give {pos.size} weights, declared {nnz}")
+        mflat = np.zeros(n, dtype=bool)
+        mflat[pos] = True
+        mask = torch.from_numpy(mflat).reshape(shape)
+    elif nnz != n:
+        raise FormatError(f"{where}: no sparse indices but only {nnz} of {n} weights declared")
+    live = mask.reshape(-1) if mask is not None else torch.ones(n, dtype=torch.bool)
+    out = torch.zeros(n, dtype=torch.float32)
+    indices = None
+    if codebook is not None:
+        k = int(codebook.size)
+        if _int(m, "k", 0, 1 << 16, where) != k:
+            raise FormatError(f"{where}: codebook has {k} entries, declared {m['k']}")
+        if nnz and k == 0:
+            raise FormatError(f"{where}: {nnz} weights but an empty codebook")
+        codes = run("codes", max(k, 1), nnz, True)
+        if codes.size != nnz or (codes.size and int(codes.max()) >= k):
+            raise FormatError(f"{where}: cluster indices out of range for k={k}")
+        idx = torch.zeros(n, dtype=torch.int64)
+        idx[live] = torch.from_numpy(codes.astype(np.int64))
+        out[live] = torch.from_numpy(codebook.astype(np.float32))[idx[live]]
+        indices = idx.reshape(shape)
+    else:
+        raw = coded.streams["values"]
+        if len(raw) != 4 * nnz:
+            raise FormatError(f"{where}: raw values are {len(raw)} bytes, {nnz} float32 need {4 * nnz}")
+        out[live] = torch.from_numpy(np.frombuffer(raw, dtype="<f4").astype(np.float32))
+    return out.reshape(shape), mask, indices

@@ -1,0 +1,84 @@
+"""``entropy-code`` (and its aliases ``huffman``, ``ans``): relative sparse indices + entropy coding (DC §2, §4)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dccomp.ir import IR, State
+from dccomp.pass_infra import Pass, PassContext, PassResult, select_value
+from dccomp.wcodec import ALL_CODERS, code_weight, default_index_bits
+
+__all__ = ["EntropyCode", "Huffman", "Ans"]
+
+
+@dataclass(frozen=True)
+class EntropyCode(Pass):
+    """Entropy-code every clustered weight: sparse positions as relative indices of ``index_bits`` bits with
+    filler entries (paper Fig. 2), then the gap stream and the cluster-index stream each coded per layer with
+    ``coder`` (``huffman``: canonical Huffman, code lengths capped at 16 bits, §4; ``ans``: rANS at the entropy
+    bound; ``fixed``: no entropy coding, the paper's P+Q size).
+
+    Contract: needs every weight clustered (weights a previous pass skipped stay as they are and are stored raw);
+    changes no weight value except with ``codebook_dtype=float16``, which rounds the codebook to float16 first
+    so the stored file decodes to exactly the IR's weights. Must be the last pass that changes weights.
+
+    Options: ``coder``, ``index_bits`` (default: 8 conv, 5 fc, as in the paper), ``layers`` ``{regex: bits}``,
+    ``codebook_dtype`` (``float32`` or ``float16``).
+    """
+
+    name = "entropy-code"
+    requires = State.CLUSTERED
+    coder: str = "huffman"
+    index_bits: int | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    codebook_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.coder not in ALL_CODERS:
+            raise ValueError(f"coder must be one of {', '.join(ALL_CODERS)}, got {self.coder!r}")
+        for b in ([self.index_bits] if self.index_bits is not None else []) + list(self.layers.values()):
+            if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16:
+                raise ValueError(f"index_bits must be an integer in [1, 16], got {b!r}")
+        if self.codebook_dtype not in ("float32", "float16"):
+            raise ValueError(f"codebook_dtype must be float32 or float16, got {self.codebook_dtype!r}")
+
+    def check(self, ir: IR) -> str | None:
+        for w in ir.weights.values():
+            if w.name not in ir.skipped and w.state < State.CLUSTERED:
+                return (f"'{self.name}' codes cluster indices, but {w.name!r} is {w.state}; run cluster first "
+                        f"(e.g. '...,cluster{{bits=5}},{self.name}')")
+        return None
+
+    def run(self, ir: IR, ctx: PassContext) -> PassResult:
+        for w in ir.weights.values():
+            if w.codebook is None:
+                continue
+            p = ir.param(w.name)
+            if self.codebook_dtype == "float16":
+                w.codebook = w.codebook.half().float()
+                live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
+                with torch.no_grad():
+                    p[live] = w.codebook[w.indices[live]].to(p.dtype)
+            bits = int(select_value(w, self.layers, self.index_bits or default_index_bits(w.kind)))
+            w.coded = code_weight(p, w, self.coder, bits)
+            w.coded.meta["codebook_dtype"] = self.codebook_dtype
+        ctx.record(coded_bytes={w.name: w.coded.nbytes for w in ir.weights.values() if w.coded is not None})
+        return PassResult(ir, True)
+
+
+@dataclass(frozen=True)
+class Huffman(EntropyCode):
+    """``entropy-code`` with canonical Huffman coding (the paper's choice, §4)."""
+
+    name = "huffman"
+    coder: str = "huffman"
+
+
+@dataclass(frozen=True)
+class Ans(EntropyCode):
+    """``entropy-code`` with an asymmetric-numeral-system coder (within 0.01% of the entropy bound)."""
+
+    name = "ans"
+    coder: str = "ans"

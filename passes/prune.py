@@ -1,0 +1,172 @@
+"""``prune``: magnitude pruning (Han et al., NIPS 2015, §3-4; Deep Compression §2)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from dccomp.ir import IR, State, Weight
+from dccomp.pass_infra import Pass, PassContext, PassResult, select_value
+
+__all__ = ["Prune", "prune_weight", "agp_schedule"]
+
+
+def agp_schedule(initial: float, final: float, steps: int) -> list[float]:
+    """Gradual pruning targets (Zhu & Gupta 2017, cubic): ``s_t = s_f + (s_i - s_f) (1 - t/n)^3``, t = 1..n."""
+    return [final + (initial - final) * (1 - t / steps) ** 3 for t in range(1, steps + 1)]
+
+
+def _keep_largest(p: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """Mask keeping exactly the ``n_keep`` largest |w| among surviving entries (ties: lower flat index)."""
+    mag = p.detach().abs().flatten().double()
+    mag[~mask.flatten()] = -1.0  # already pruned: removed first
+    order = torch.argsort(mag, descending=True, stable=True)
+    new = torch.zeros(p.numel(), dtype=torch.bool)
+    new[order[:n_keep]] = True
+    return new.view_as(mask) & mask
+
+
+def prune_weight(p: torch.Tensor, mask: torch.Tensor | None, *, sparsity: float | None = None,
+                 quality: float | None = None) -> torch.Tensor:
+    """Magnitude-pruning mask for one weight tensor.
+
+    Args:
+        p: the weight (any shape, float).
+        mask: current mask (bool, same shape) or ``None``; pruned entries stay pruned.
+        sparsity: fraction of *all* entries to remove, in [0, 1]; exactly ``round(sparsity * n)`` are removed
+            (or more if more are already pruned).
+        quality: threshold = quality x std of the layer's surviving weights (NIPS'15 §4); entries with
+            ``|w| <= threshold`` are removed.
+
+    Returns:
+        bool mask of ``p``'s shape, ``True`` where the weight survives.
+    """
+    mask = torch.ones_like(p, dtype=torch.bool) if mask is None else mask.clone()
+    n = p.numel()
+    if quality is not None:
+        live = p.detach()[mask]
+        if live.numel() < 2:
+            return mask
+        thr = quality * float(live.float().std())
+        return mask & (p.detach().abs() > thr)
+    n_keep = min(int(mask.sum()), n - int(round(float(sparsity) * n)))
+    return _keep_largest(p, mask, n_keep)
+
+
+@dataclass(frozen=True)
+class Prune(Pass):
+    """Magnitude pruning of every compressible weight (biases and normalization stay dense).
+
+    Contract: needs dense or masked weights (not clustered); leaves every targeted weight ``masked`` with its
+    pruned entries exactly 0. Options:
+
+    - ``sparsity``: fraction removed per layer (or over all selected layers with ``scope=global``), or
+    - ``quality``: threshold = quality x std of each layer's weights (NIPS'15 §4).
+    - ``layers``: ``{regex: value}`` per-layer sparsity (or quality), matched against the weight name, the
+      module name or the layer kind; ``exclude``: regex of weights left untouched.
+    - ``steps`` > 1 with ``epochs`` > 0: iterative pruning, retraining ``epochs`` between steps (NIPS'15 §3.3),
+      on the ``schedule`` ``linear`` or ``agp`` (cubic gradual pruning); needs training data.
+    Density after the pass matches the target to within one weight per layer.
+    """
+
+    name = "prune"
+    requires = State.DENSE
+    sparsity: float | None = None
+    quality: float | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    exclude: str | None = None
+    scope: str = "layer"
+    steps: int = 1
+    schedule: str = "linear"
+    epochs: float = 0
+    lr: float = 0.001
+    optimizer: str = "sgd"
+    weight_decay: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if (self.sparsity is None) == (self.quality is None) and not self.layers:
+            raise ValueError("give exactly one of sparsity= (fraction removed, 0..1) or quality= "
+                             "(threshold = quality x std)")
+        if self.sparsity is not None and self.quality is not None:
+            raise ValueError("give sparsity= or quality=, not both")
+        values = [self.sparsity] if self.sparsity is not None else []
+        if self.quality is None:
+            values += list(self.layers.values())
+        for v in values:
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v <= 1:
+                raise ValueError(f"sparsity must be a number in [0, 1], got {v!r}")
+        if self.quality is not None and (not isinstance(self.quality, (int, float)) or self.quality < 0):
+            raise ValueError(f"quality must be a number >= 0, got {self.quality!r}")
+        if self.scope not in ("layer", "global"):
+            raise ValueError(f"scope must be 'layer' or 'global', got {self.scope!r}")
+        if self.scope == "global" and self.sparsity is None:
+            raise ValueError("scope=global needs sparsity=")
+        if self.schedule not in ("linear", "agp"):
+            raise ValueError(f"schedule must be 'linear' or 'agp', got {self.schedule!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+
+    def check(self, ir: IR) -> str | None:
+        for w in ir.weights.values():
+            if w.state >= State.CLUSTERED and self._selected(w):
+                return (f"weight {w.name!r} is already {w.state}; prune before cluster (pruning a clustered "
+                        "weight would break its codebook)")
+        return None
+
+    def _selected(self, w: Weight) -> bool:
+        import re
+
+        return not (self.exclude and (re.fullmatch(self.exclude, w.name) or re.fullmatch(self.exclude, w.kind)))
+
+    def _target(self, w: Weight) -> float | None:
+        return select_value(w, self.layers, self.quality if self.quality is not None else self.sparsity)
+
+    def _prune_once(self, ir: IR, frac: float) -> None:
+        """Prune to ``frac`` of each final target (sparsity) or with the full quality threshold."""
+        selected = [w for w in ir.weights.values() if self._selected(w)]
+        if self.scope == "global":
+            params = [ir.param(w.name) for w in selected]
+            live = [p.detach().abs().flatten()[(w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)).flatten()]
+                    for w, p in zip(selected, params)]
+            allmag = torch.cat(live) if live else torch.zeros(0)
+            total = sum(p.numel() for p in params)
+            n_remove = int(round(frac * float(self.sparsity) * total)) - (total - allmag.numel())
+            thr = float(torch.sort(allmag).values[n_remove - 1]) if n_remove > 0 else -1.0
+            for w, p in zip(selected, params):
+                mask = torch.ones_like(p, dtype=torch.bool) if w.mask is None else w.mask
+                self._apply(w, p, mask & (p.detach().abs() > thr))
+            return
+        for w in selected:
+            target = self._target(w)
+            if target is None:
+                continue
+            p = ir.param(w.name)
+            if self.quality is not None:
+                self._apply(w, p, prune_weight(p, w.mask, quality=float(target)))
+            else:
+                self._apply(w, p, prune_weight(p, w.mask, sparsity=frac * float(target)))
+
+    @staticmethod
+    def _apply(w: Weight, p: torch.nn.Parameter, mask: torch.Tensor) -> None:
+        with torch.no_grad():
+            p.mul_(mask)
+        w.mask = mask
+
+    def run(self, ir: IR, ctx: PassContext) -> PassResult:
+        if self.steps == 1:
+            self._prune_once(ir, 1.0)
+        else:
+            from .retrain import Retrain
+
+            fracs = (agp_schedule(0.0, 1.0, self.steps) if self.schedule == "agp"
+                     else [(t + 1) / self.steps for t in range(self.steps)])
+            for t, frac in enumerate(fracs):
+                self._prune_once(ir, frac if self.quality is None else 1.0)
+                if self.epochs > 0:
+                    Retrain(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
+                            weight_decay=self.weight_decay).run(ir, ctx)
+        kept = {w.name: (float(w.mask.float().mean()) if w.mask is not None else 1.0) for w in ir.weights.values()}
+        ctx.record(density=kept)
+        return PassResult(ir, True)

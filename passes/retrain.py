@@ -1,0 +1,128 @@
+"""``retrain``: fine-tune on the user's data with masks and shared weights held (Deep Compression §2-3.3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from dccomp.errors import PassError
+from dccomp.ir import IR, State
+from dccomp.pass_infra import Pass, PassContext, PassResult
+
+__all__ = ["Retrain", "SharedWeightModule"]
+
+
+class SharedWeightModule(nn.Module):
+    """The traced model with its clustered weights computed from trainable centroids.
+
+    For each clustered weight ``W`` with codebook ``C`` (k,), indices ``I`` and mask ``M``, the forward pass uses
+    ``W = C[I] * M``: a gather from a centroid parameter, so autograd gives
+    ``dL/dC_k = sum_{i: I_i = k, M_i} dL/dW_i`` (Deep Compression Eq. 3) and every weight stays equal to its
+    centroid. Other parameters (masked or dense weights, biases, BatchNorm) are the model's own and train as usual.
+    """
+
+    def __init__(self, ir: IR):
+        super().__init__()
+        self.model = ir.gm
+        self.centroids = nn.ParameterDict()
+        self._keys: dict[str, str] = {}
+        self._index: dict[str, torch.Tensor] = {}
+        self._mask: dict[str, torch.Tensor | None] = {}
+        for w in ir.weights.values():
+            if w.codebook is None:
+                continue
+            key = w.name.replace(".", "__")
+            self._keys[w.name] = key
+            self.centroids[key] = nn.Parameter(w.codebook.clone())
+            self._index[w.name] = w.indices
+            self._mask[w.name] = w.mask
+            ir.param(w.name).requires_grad_(False)
+
+    def shared_weights(self) -> dict[str, torch.Tensor]:
+        """``{name: codebook[indices] * mask}`` for every clustered weight (differentiable in the centroids)."""
+        out = {}
+        for name, key in self._keys.items():
+            c = self.centroids[key]
+            w = c[self._index[name]] if c.numel() else torch.zeros(self._index[name].shape)
+            m = self._mask[name]
+            out[name] = w * m if m is not None else w
+        return out
+
+    def forward(self, *args, **kwargs):
+        return functional_call(self.model, self.shared_weights(), args, kwargs, tie_weights=True, strict=False)
+
+
+@dataclass(frozen=True)
+class Retrain(Pass):
+    """Retrain the model on ``ctx.trainer``'s data, holding the compression state.
+
+    Contract: masked weights keep exactly their mask after every optimizer step (SGD with momentum and weight
+    decay, Adam, AdamW: the mask is re-applied and the optimizer state at pruned positions cleared); clustered
+    weights keep their cluster indices and stay exactly equal to their centroid, the centroids being trained with
+    the summed gradient of their cluster (Eq. 3); biases and BatchNorm train normally. Needs training data;
+    refuses entropy-coded weights. Records accuracy on the eval data when there is some.
+
+    Options: ``epochs`` (may be fractional), ``lr`` (paper: 1/10 of the original rate for LeNet),
+    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum``, ``weight_decay``, ``centroid_lr`` (defaults to lr).
+    """
+
+    name = "retrain"
+    requires = State.DENSE
+    epochs: float = 1
+    lr: float = 0.001
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    centroid_lr: float | None = None
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, (int, float)) or self.epochs < 0:
+            raise ValueError(f"epochs must be a number >= 0, got {self.epochs!r}")
+        if not isinstance(self.lr, (int, float)) or self.lr <= 0:
+            raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+        if self.optimizer not in ("sgd", "adam", "adamw"):
+            raise ValueError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
+
+    def run(self, ir: IR, ctx: PassContext) -> PassResult:
+        if ctx.trainer is None or ctx.trainer.train_data is None:
+            raise PassError("retrain needs training data: pass train_data=(and eval_data=, loss=) to "
+                            "dccomp.compile or trainer=dccomp.Trainer(...)")
+        torch.manual_seed(ctx.seed)
+        module = SharedWeightModule(ir)
+        masks = {ir.param(w.name): w.mask for w in ir.weights.values()
+                 if w.mask is not None and w.codebook is None}
+        hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks.items()]
+        groups = [{"params": [p for p in ir.gm.parameters() if p.requires_grad]}]
+        if len(module.centroids):
+            groups.append({"params": list(module.centroids.parameters()), "lr": self.centroid_lr or self.lr})
+
+        def after_step(opt: torch.optim.Optimizer) -> None:
+            with torch.no_grad():
+                for p, m in masks.items():
+                    p.mul_(m)
+                    for buf in opt.state.get(p, {}).values():
+                        if isinstance(buf, torch.Tensor) and buf.shape == p.shape:
+                            buf.mul_(m)
+
+        try:
+            stats = ctx.trainer.fit(module, groups, epochs=self.epochs, optimizer=self.optimizer, lr=self.lr,
+                                    momentum=self.momentum, weight_decay=self.weight_decay, after_step=after_step,
+                                    progress=ctx.progress, seed=ctx.seed)
+        finally:
+            for h in hooks:
+                h.remove()
+        with torch.no_grad():
+            shared = module.shared_weights()
+            for w in ir.weights.values():
+                if w.codebook is not None:
+                    w.codebook = module.centroids[module._keys[w.name]].detach().clone()
+                    ir.param(w.name).copy_(shared[w.name])
+                    ir.param(w.name).requires_grad_(True)
+        ir.gm.eval()
+        if self.evaluate and ctx.trainer.eval_data is not None:
+            stats.update({f"eval_{k}": v for k, v in ctx.trainer.evaluate(ir.gm).items()})
+        ctx.record(**stats)
+        return PassResult(ir, True)
