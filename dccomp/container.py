@@ -75,8 +75,11 @@ ALIGNMENT = 8
 """Data area start and every section offset are multiples of this many bytes (so typed arrays up to 8-byte
 items can be viewed in place)."""
 
-KNOWN_FLAGS = 0
-"""Mask of header flag bits this reader understands (none): any other set bit makes the file unreadable."""
+FLAG_DEFLATE_MANIFEST = 0x1
+"""Header flag bit 0: the stored manifest is zlib-compressed (RFC 1950) JSON; the CRC-32 in the header covers
+the stored (compressed) bytes, the inflated size is bounded by ``max_manifest_bytes``."""
+KNOWN_FLAGS = FLAG_DEFLATE_MANIFEST
+"""Mask of header flag bits this reader understands: any other set bit makes the file unreadable."""
 
 DEFAULT_MAX_MANIFEST_BYTES = 64 << 20  # 64 MiB
 DEFAULT_MAX_TOTAL_BYTES = 16 << 30  # 16 GiB
@@ -144,14 +147,15 @@ def _dumps(obj: Any) -> bytes:
 
 
 class _Plan(NamedTuple):
-    manifest: bytes
+    manifest: bytes  # as stored (compressed when flags has FLAG_DEFLATE_MANIFEST)
     views: list  # list[memoryview], one per section, in file order
     infos: list  # list[SectionInfo]
     data_start: int
     total: int
+    flags: int = 0
 
 
-def _plan(meta: Mapping[str, Any], sections: Mapping[str, Any]) -> _Plan:
+def _plan(meta: Mapping[str, Any], sections: Mapping[str, Any], compress_manifest: bool = False) -> _Plan:
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a dict (a JSON object), got {type(meta).__name__}")
     meta = dict(meta)
@@ -184,13 +188,17 @@ def _plan(meta: Mapping[str, Any], sections: Mapping[str, Any]) -> _Plan:
         manifest_bytes = _dumps(manifest)
     except RecursionError:
         raise ValueError("meta is nested too deeply to encode") from None
+    flags = 0
+    if compress_manifest:
+        manifest_bytes, flags = zlib.compress(manifest_bytes, 9), FLAG_DEFLATE_MANIFEST
     data_start = _align(HEADER_SIZE + len(manifest_bytes))
-    return _Plan(manifest_bytes, views, infos, data_start, data_start + offset)
+    return _Plan(manifest_bytes, views, infos, data_start, data_start + offset, flags)
 
 
 def _chunks(plan: _Plan) -> Iterator[bytes | memoryview]:
     yield _HEADER.pack(
-        MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1], 0, len(plan.manifest), zlib.crc32(plan.manifest) & 0xFFFFFFFF
+        MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1], plan.flags, len(plan.manifest),
+        zlib.crc32(plan.manifest) & 0xFFFFFFFF
     )
     yield plan.manifest
     pos = HEADER_SIZE + len(plan.manifest)
@@ -203,7 +211,7 @@ def _chunks(plan: _Plan) -> Iterator[bytes | memoryview]:
         pos = info.offset + info.length
 
 
-def container_bytes(meta: Mapping[str, Any], sections: Mapping[str, Any]) -> bytes:
+def container_bytes(meta: Mapping[str, Any], sections: Mapping[str, Any], *, compress_manifest: bool = False) -> bytes:
     """Encode a container in memory; the result is byte-identical to the file :func:`write_container` writes.
 
     Args:
@@ -211,6 +219,7 @@ def container_bytes(meta: Mapping[str, Any], sections: Mapping[str, Any]) -> byt
             nested at most :data:`MAX_META_DEPTH` deep). Tuples read back as lists.
         sections: ``name -> bytes-like`` (bytes, bytearray, or C-contiguous memoryview), names non-empty str.
             Stored in insertion order. May be empty; sections may be empty.
+        compress_manifest: store the manifest zlib-compressed (header flag bit 0); deterministic too.
 
     Returns:
         The whole file as ``bytes``. Same input gives the same bytes (sorted JSON keys, no timestamps).
@@ -218,21 +227,23 @@ def container_bytes(meta: Mapping[str, Any], sections: Mapping[str, Any]) -> byt
     Raises:
         TypeError, ValueError: ``meta`` is not plain JSON or a section is not bytes-like / badly named.
     """
-    return b"".join(_chunks(_plan(meta, sections)))
+    return b"".join(_chunks(_plan(meta, sections, compress_manifest)))
 
 
-def container_overhead(meta: Mapping[str, Any], sections: Mapping[str, Any]) -> int:
+def container_overhead(meta: Mapping[str, Any], sections: Mapping[str, Any], *,
+                       compress_manifest: bool = False) -> int:
     """Bytes the container adds around the payload: header (28) + manifest + zero padding.
 
     Equals ``len(container_bytes(meta, sections)) - sum(len(s) for s in sections.values())``, without building
     the file (it does compute the section CRCs, one pass over the data, because the manifest contains them).
     Raises the same errors as :func:`container_bytes`.
     """
-    plan = _plan(meta, sections)
+    plan = _plan(meta, sections, compress_manifest)
     return plan.total - sum(info.length for info in plan.infos)
 
 
-def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], sections: Mapping[str, Any]) -> int:
+def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], sections: Mapping[str, Any], *,
+                    compress_manifest: bool = False) -> int:
     """Write a ``.dcc`` file atomically; return its size in bytes.
 
     The bytes are those of :func:`container_bytes` (streamed, not joined in memory). They go to a new temporary
@@ -246,7 +257,7 @@ def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], secti
         TypeError, ValueError: bad ``meta``/``sections`` (see :func:`container_bytes`), before anything is written.
         OSError: the file system failed (permissions, disk full, ...).
     """
-    plan = _plan(meta, sections)  # validate before touching the disk
+    plan = _plan(meta, sections, compress_manifest)  # validate before touching the disk
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
@@ -452,6 +463,8 @@ def _parse(size: int, read_exact: Callable[[int], memoryview], max_manifest_byte
     got_crc = zlib.crc32(manifest_bytes) & 0xFFFFFFFF
     if got_crc != manifest_crc:
         raise FormatError(f"manifest CRC-32 mismatch: header says 0x{manifest_crc:08x}, manifest bytes give 0x{got_crc:08x}")
+    if flags & FLAG_DEFLATE_MANIFEST:
+        manifest_bytes = _inflate(manifest_bytes, max_manifest_bytes)
     manifest = _load_json(manifest_bytes)
     meta, infos = _check_manifest(manifest, (major, minor))
 
@@ -500,6 +513,20 @@ def _parse(size: int, read_exact: Callable[[int], memoryview], max_manifest_byte
             raise FormatError(f"section {_q(info.name)}: CRC-32 mismatch: manifest says 0x{info.crc32:08x}, data gives 0x{got:08x}")
         end = info.offset + info.length
     return Container(meta, (major, minor), flags, tuple(infos), data, size)
+
+
+def _inflate(stored: memoryview, limit: int) -> memoryview:
+    """Inflate a zlib-compressed manifest, refusing more than ``limit`` bytes of output (no zip bombs)."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(stored, limit + 1)
+    except zlib.error as e:
+        raise FormatError(f"compressed manifest does not inflate: {e}") from None
+    if len(out) > limit:
+        raise FormatError(f"compressed manifest inflates to more than max_manifest_bytes={limit}")
+    if not d.eof or d.unused_data or d.unconsumed_tail:
+        raise FormatError("compressed manifest is truncated or followed by extra bytes")
+    return memoryview(out)
 
 
 def _reject_constant(name: str) -> Any:

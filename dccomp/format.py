@@ -37,6 +37,10 @@ class FilePlan:
     sections: dict[str, bytes]
     owners: dict[str, list[str]]  # tensor name -> its section names
 
+    def to_bytes(self) -> bytes:
+        """The whole file (manifest stored zlib-compressed: header flag bit 0)."""
+        return container_bytes(self.meta, self.sections, compress_manifest=True)
+
 
 def _coded_for_file(ir: IR, w: Weight) -> Coded:
     if w.coded is not None:
@@ -95,8 +99,7 @@ def plan_file(ir: IR) -> FilePlan:
 
 def file_nbytes(ir: IR) -> int:
     """Exact size in bytes of the file :func:`save` would write for ``ir``."""
-    plan = plan_file(ir)
-    return len(container_bytes(plan.meta, plan.sections))
+    return len(plan_file(ir).to_bytes())
 
 
 def save(compiled: Any, path: str | os.PathLike) -> int:
@@ -115,7 +118,7 @@ def save(compiled: Any, path: str | os.PathLike) -> int:
     if not isinstance(ir, IR):
         raise TypeError(f"dccomp.save needs a CompiledModel or IR, got {type(compiled).__name__}")
     plan = plan_file(ir)
-    return write_container(path, plan.meta, plan.sections)
+    return write_container(path, plan.meta, plan.sections, compress_manifest=True)
 
 
 def _req(d: Any, key: str, typ: type | tuple, where: str) -> Any:
@@ -164,6 +167,10 @@ class DccFile:
                         raise FormatError(f"tensor {name!r}: stream {s!r} has no section")
                 if "codebook" in e and f"{name}/codebook" not in container:
                     raise FormatError(f"tensor {name!r}: codebook section missing")
+                dt = e.get("dtype", "float32")
+                if not isinstance(dt, str) or dt not in _DT_TORCH or not _DT_TORCH[dt].is_floating_point:
+                    raise FormatError(f"tensor {name!r}: dtype {dt!r} is not a floating-point dtype "
+                                      f"({', '.join(n for n, t in _DT_TORCH.items() if t.is_floating_point)})"[:200])
             elif role in ("dense", "buffer"):
                 if name not in container:
                     raise FormatError(f"tensor {name!r}: section missing")
@@ -172,6 +179,15 @@ class DccFile:
                 raise FormatError(f"tensor {name!r}: unknown role {role!r}")
             self._entries[name] = e
         self.names = list(self._entries)
+        keys = set(self.names)
+        for name, e in self._entries.items():  # tied names: each a distinct new state_dict key
+            aliases = e.get("aliases", [])
+            if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
+                raise FormatError(f"tensor {name!r}: 'aliases' must be a list of names")
+            for a in aliases:
+                if a in keys:
+                    raise FormatError(f"tensor {name!r}: alias {a[:80]!r} names another tensor of the file")
+                keys.add(a)
         self.file_size = container.file_size
 
     def info(self, name: str) -> dict:
@@ -209,8 +225,8 @@ class DccFile:
     def tensor(self, name: str) -> torch.Tensor:
         """The dense value of tensor ``name`` (decoded), in its stored dtype."""
         values = self.decode(name)[0]
-        dt = self._entries[name].get("dtype")
-        return values.to(_DT_TORCH[dt]) if dt in _DT_TORCH and values.is_floating_point() else values
+        dt = self._entries[name].get("dtype")  # validated for weights; dense arrays keep their own dtype
+        return values.to(_DT_TORCH[dt]) if isinstance(dt, str) and dt in _DT_TORCH and values.is_floating_point() else values
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """All tensors decoded, keyed as in the model's ``state_dict`` (tied names included)."""
@@ -243,13 +259,22 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
     f = DccFile(read_container(path))
     if model is None:
         return f
-    sd = f.state_dict()
     own = model.state_dict()
-    missing, extra = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
+    declared: dict[str, Any] = {}  # names and shapes from the manifest, compared before decoding anything
+    for name in f.names:
+        e = f.info(name)
+        shape = e["shape"] if e["role"] == "weight" else e["array"].get("shape")
+        for n in [name] + e.get("aliases", []):
+            declared[n] = shape
+    missing, extra = sorted(set(own) - set(declared)), sorted(set(declared) - set(own))
     if missing or extra:
         raise ValueError(f"the file's tensors do not match {type(model).__name__}: missing from the file "
                          f"{missing[:5]}, not in the model {extra[:5]}; pass an instance of the compressed "
                          f"architecture ({f.meta.get('model')})")
+    for k, shape in declared.items():
+        if isinstance(shape, list) and shape != list(own[k].shape):
+            raise ValueError(f"tensor {k!r}: file has shape {tuple(shape)}, model has {tuple(own[k].shape)}"[:300])
+    sd = f.state_dict()
     for k, t in sd.items():
         if tuple(t.shape) != tuple(own[k].shape):
             raise ValueError(f"tensor {k!r}: file has shape {tuple(t.shape)}, model has {tuple(own[k].shape)}")

@@ -40,6 +40,13 @@ Empty clusters (``empty=``)
                       lowers the WCSS markedly at large ``k`` with linear init.
 Both are deterministic.
 
+Quality (bench/kmeans.py, Laplace data)
+---------------------------------------
+At k=32 every init reaches within 0.1% of the optimal WCSS on 1e6-1e7 values; on 1e5-2e5 values
+linear-init Lloyd can stop in a local optimum 5-15% above it (a lone extreme value keeps a centroid).
+At k=256 linear init leaves tail clusters empty (k' ~ 206-226) and its WCSS is 1.8-3.7x optimal;
+``"optimal"`` or ``"kmeans++"`` minimise WCSS, but the paper's point is accuracy, not WCSS.
+
 Guarantees of the result
 ------------------------
 * ``codebook`` is float32, sorted strictly ascending, NaN-free and every entry is used by some label.
@@ -92,6 +99,9 @@ def kmeans_1d(
         Seed for ``numpy.random.default_rng``; used by ``"random"`` and ``"kmeans++"`` only.
     max_iter:
         Maximum number of Lloyd iterations (``>= 0``; 0 returns the initialisation, relabelled).
+        Default 10,000: an iteration costs only ``O(k log n)``, and 1-D Lloyd converges slowly
+        (linear init, k=32, 1e6 Laplace values: 1.043x the optimal WCSS after 300 iterations,
+        1.000004x at its fixed point after ~3,000).
     tol:
         Stop when the largest centroid move is ``<= tol * (max(values) - min(values))``.  Lloyd also
         stops as soon as no value changes cluster (an exact fixed point).

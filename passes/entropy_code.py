@@ -57,7 +57,11 @@ class EntropyCode(Pass):
                 continue
             p = ir.param(w.name)
             if self.codebook_dtype == "float16":
-                w.codebook = w.codebook.half().float()
+                half = w.codebook.half().float()
+                if not torch.isfinite(half).all():  # |c| > 65504 would be stored as inf: an unreadable file
+                    raise ValueError(f"{w.name!r}: codebook_dtype=float16 cannot hold its centroids (largest "
+                                     f"|c| = {float(w.codebook.abs().max()):.6g} > 65504); use codebook_dtype=float32")
+                w.codebook = half
                 live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
                 with torch.no_grad():
                     p[live] = w.codebook[w.indices[live]].to(p.dtype)

@@ -127,16 +127,20 @@ class Prune(Pass):
         """Prune to ``frac`` of each final target (sparsity) or with the full quality threshold."""
         selected = [w for w in ir.weights.values() if self._selected(w)]
         if self.scope == "global":
+            # one ranking over all selected layers: keep exactly the largest |w| (ties: earlier layer, lower
+            # flat index), as _keep_largest does per layer, so equal magnitudes cannot overshoot the target
             params = [ir.param(w.name) for w in selected]
-            live = [p.detach().abs().flatten()[(w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)).flatten()]
-                    for w, p in zip(selected, params)]
-            allmag = torch.cat(live) if live else torch.zeros(0)
+            masks = [torch.ones_like(p, dtype=torch.bool) if w.mask is None else w.mask
+                     for w, p in zip(selected, params)]
+            if not params:
+                return
             total = sum(p.numel() for p in params)
-            n_remove = int(round(frac * float(self.sparsity) * total)) - (total - allmag.numel())
-            thr = float(torch.sort(allmag).values[n_remove - 1]) if n_remove > 0 else -1.0
-            for w, p in zip(selected, params):
-                mask = torch.ones_like(p, dtype=torch.bool) if w.mask is None else w.mask
-                self._apply(w, p, mask & (p.detach().abs() > thr))
+            alive = torch.cat([m.flatten() for m in masks])
+            n_keep = min(int(alive.sum()), total - int(round(frac * float(self.sparsity) * total)))
+            flat = torch.cat([p.detach().flatten() for p in params]).view(total, 1)
+            keep = _keep_largest(flat, alive.view(total, 1), n_keep).flatten()
+            for w, p, chunk in zip(selected, params, torch.split(keep, [p.numel() for p in params])):
+                self._apply(w, p, chunk.view_as(p).clone())
             return
         for w in selected:
             target = self._target(w)

@@ -208,3 +208,23 @@ def test_entropy_bits():
 def test_registry():
     assert set(CODERS) == {"huffman", "ans"}
     assert CODERS["huffman"] is HuffmanCoder
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 3000))
+def test_bitio_pack_bits_matches_string_reference(seed, n):
+    from dccomp.coding.bitio import pack_bits, pack_fixed, unpack_fixed
+
+    rng = np.random.default_rng(seed)
+    wd = rng.integers(0, 33, n)
+    v = rng.integers(0, 2**63, n, dtype=np.uint64) & ((np.uint64(1) << wd.astype(np.uint64)) - np.uint64(1))
+    data, nbits = pack_bits(v, wd)
+    ref = "".join(format(int(x), f"0{int(w)}b") if w else "" for x, w in zip(v, wd))
+    ref += "0" * (-len(ref) % 8)
+    assert nbits == int(wd.sum())
+    assert data == (int(ref, 2).to_bytes(len(ref) // 8, "big") if ref else b"")
+    w = int(rng.integers(1, 33))
+    vals = rng.integers(0, 2**w, n)
+    np.testing.assert_array_equal(unpack_fixed(pack_fixed(vals, w), w, n), vals)
+    with pytest.raises(ValueError):
+        unpack_fixed(pack_fixed(vals, w)[:-1], w, n) if n * w >= 8 else unpack_fixed(b"", w, n + 8)

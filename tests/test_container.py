@@ -550,3 +550,26 @@ def test_fuzz_10000_mutations():
     assert set(res.counts) <= {"format_error", "unchanged", "ok_valid_after_fixed_crc"}, dict(res.counts)
     assert res.counts["format_error"] > 8_000
     print(dict(res.counts))
+
+
+def test_compressed_manifest_round_trip_and_smaller():
+    meta = {"tensors": [{"name": f"layer{i}.weight", "shape": [300, 784], "coder": "huffman"} for i in range(20)]}
+    sections = {f"layer{i}.weight/codes": bytes([i]) * 10 for i in range(20)}
+    plain = container_bytes(meta, sections)
+    packed = container_bytes(meta, sections, compress_manifest=True)
+    assert len(packed) < len(plain) // 2
+    c = read_container(packed)
+    assert c.meta == meta and c.flags == 1
+    assert [c.section(n) for n in sections] == list(sections.values())
+    assert container_bytes(meta, sections, compress_manifest=True) == packed  # deterministic
+
+
+def test_compressed_manifest_bomb_and_garbage_refused():
+    import zlib as _z
+    bomb = _z.compress(b"{" + b" " * (1 << 20), 9)
+    f = HDR.pack(MAGIC, 1, 0, 1, len(bomb), _z.crc32(bomb)) + bomb
+    expect_error(f, "more than max_manifest_bytes", max_manifest_bytes=1 << 16)
+    junk = b"not zlib at all"
+    f = HDR.pack(MAGIC, 1, 0, 1, len(junk), _z.crc32(junk)) + junk
+    expect_error(f, "does not inflate")
+

@@ -165,3 +165,17 @@ def test_missing_tvm_message(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(ImportError, match=r"pip install 'dccomp\[tvm\]'"):
         backend.TVMBackend().lower(None)
+
+
+@pytest.mark.parametrize("make", [lenet300, LeNet5])
+def test_real_pipeline_prune_cluster(make):
+    import dccomp
+    if not hasattr(dccomp, "compile"):
+        pytest.skip("dccomp.compile not available yet")
+    x = torch.randn(2, 1, 28, 28)
+    compiled = dccomp.compile(make(), passes="prune{sparsity=0.9},cluster{bits=5}", example_inputs=(x,))
+    ir = getattr(compiled, "ir", compiled)
+    m = TVMBackend().lower(ir, example_inputs=(x,))
+    assert any(layer.kind == "sparse_linear" for layer in m.layers)
+    with torch.no_grad():
+        assert _rel(m(x), ir.gm(x)) <= 1e-5

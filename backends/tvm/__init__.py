@@ -43,7 +43,8 @@ class TVMBackend:
             target: ``llvm`` | ``arm_cpu`` | ``cuda`` | ``mali`` or a target dict (see :mod:`.targets`).
             example_inputs: tensors giving the static input shapes (else ``ir.input_shapes``).
             **options: ``kernel="sparse"|"dense"`` forces the linear kernel; ``no_fuse=True`` disables
-                ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch.
+                ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch; ``detect_cpu=True`` adds the host's
+                ``mcpu`` to the ``llvm`` target (AVX2/AVX-512 instead of generic x86-64 SSE2).
 
         The returned module runs the Relax VM on the CPU for host targets; for cross targets (aarch64, GPUs)
         calling it raises ``RuntimeError`` saying it can only be exported.
@@ -52,7 +53,7 @@ class TVMBackend:
         from .lower import LoweredModule, _input_shapes
 
         arch = options.pop("arch", None)
-        tgt = resolve_target(target, arch=arch)
+        tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", False)))
         return LoweredModule(ir, _input_shapes(ir, example_inputs), tgt, options)
 
     def export(self, ir, out_dir, *, target: str | dict = "llvm", example_inputs=None, name: str | None = None,
@@ -64,7 +65,7 @@ class TVMBackend:
         from .targets import cross_compiler
 
         arch = options.pop("arch", None)
-        tgt = resolve_target(target, arch=arch)
+        tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", False)))
         shapes = _input_shapes(ir, example_inputs)
         ex, mod, layers = compile_ir(ir, shapes, tgt, **options)
         out = pathlib.Path(out_dir)
@@ -76,7 +77,6 @@ class TVMBackend:
             ex.export_library(str(lib_path), cc=cc)
         else:
             ex.export_library(str(lib_path))
-        ret = mod["main"].ret_ty if hasattr(mod["main"], "ret_ty") else None
         outputs = _outputs_json(mod)
         meta: dict[str, Any] = {
             "format": "dccomp-tvm/1",
@@ -91,7 +91,6 @@ class TVMBackend:
         }
         json_path = out / f"{base}.json"
         json_path.write_text(json.dumps(meta, indent=2))
-        del ret
         return [lib_path, json_path]
 
 

@@ -32,22 +32,27 @@ import numpy as np
 __all__ = [
     "CSRCodebook", "sparse_linear_cpu", "sparse_linear_cuda", "sparse_linear_opencl", "sparse_linear_func",
     "dense_linear_cpu", "im2col_cpu", "build_sparse_linear", "build_dense_linear", "CompiledKernel",
-    "DENSE_DENSITY_THRESHOLD", "use_dense",
+    "DENSE_DENSITY_THRESHOLD", "DENSE_DENSITY_THRESHOLD_LARGE", "use_dense",
 ]
 
 # Density (nnz / size) from which the dense kernel replaces the CSR+codebook kernel. Measured with
-# bench/kernels.py --threshold (batch 1, 1 thread, 2-core x86 znver4 VM, median us):
-#   4096x4096: density 0.1 sparse 790 / dense 4.9e3; 0.2 1.6e3 / 4.9e3; 0.3 2.6e3 / 5.0e3; 0.4 3.6e3 / 5.0e3;
-#              0.5 4.6e3 / 5.1e3; 0.6 5.4e3 / 5.0e3
-#   1024x1024: 0.3 ~130 / ~230; 0.5 ~240 / ~230
-# i.e. the sparse kernel stops winning at ~50% density for batch 1 (5 bytes/nnz + a gather vs 4 bytes/weight
-# streamed with FMA vectors). Above the threshold a layer is decoded to dense at load time.
-DENSE_DENSITY_THRESHOLD = 0.5
+# `python bench/kernels.py --threshold` (batch 1, 1 thread, generic x86-64 llvm target, 2-core znver4 VM,
+# median us, sparse / dense TVM kernel):
+#   1024x1024 (4 MiB dense, cache-resident): d=0.1 48/83, 0.2 91/88, 0.3 136/86, 0.4 183/91, 0.5 228/82
+#   4096x4096 (64 MiB dense, DRAM-bound):    d=0.1 779/7929, 0.2 1582/7946, 0.3 ~0.8x, 0.4 3195/3791,
+#                                            0.5 8004/6508, 0.6 8853/3633 (noisy machine)
+# The sparse kernel costs ~5 B + one gather per non-zero, the dense one 4 B per weight streamed with FMA
+# vectors: it stops winning at ~20% density while the dense weight fits in cache and at ~40-45% once the
+# dense weight has to stream from DRAM.
+DENSE_DENSITY_THRESHOLD = 0.2
+DENSE_DENSITY_THRESHOLD_LARGE = 0.4
+LARGE_WEIGHT_BYTES = 16 << 20  # dense float32 weights above this size stream from DRAM
 
 
-def use_dense(density: float) -> bool:
-    """True if a layer of this density should run on the dense kernel (see :data:`DENSE_DENSITY_THRESHOLD`)."""
-    return density >= DENSE_DENSITY_THRESHOLD
+def use_dense(density: float, numel: int = 0) -> bool:
+    """True if a layer of this density (and ``numel`` weights) should run on the dense kernel."""
+    thr = DENSE_DENSITY_THRESHOLD_LARGE if 4 * numel > LARGE_WEIGHT_BYTES else DENSE_DENSITY_THRESHOLD
+    return density >= thr
 
 
 # ---------------------------------------------------------------------------------------------------------

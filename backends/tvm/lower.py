@@ -128,7 +128,7 @@ class _Lowerer:
         nnz = int(np.count_nonzero(weight))
         density = nnz / max(1, weight.size)
         force = self.options.get("kernel")  # "sparse" / "dense" / None
-        sparse = (force == "sparse") or (force is None and (self.gpu or not K.use_dense(density)))
+        sparse = (force == "sparse") or (force is None and (self.gpu or not K.use_dense(density, weight.size)))
         name = self._unique(layer)
         out_ty = relax.TensorType((batch, n_out), "float32")
         if sparse:

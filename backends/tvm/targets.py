@@ -118,8 +118,6 @@ def cross_compiler(target: str | dict | Any) -> str | None:
     triple = host_triple(target)
     if triple is None:
         return None
-    import platform
-
     if not is_cross({"kind": "llvm", "mtriple": triple}):
         return None
     for prefix, cc in CROSS_CC.items():

@@ -64,7 +64,7 @@ _INVALID = np.int32(-32)   # table entry for unused codes: symbol -1, length 0
 
 
 def entropy_bits(symbols: np.ndarray, alphabet_size: int) -> float:
-    """Empirical entropy bound ``n * H(p)`` in bits, ``p`` = symbol frequencies of ``symbols``.
+    """Empirical entropy bound ``n * H(p)`` in bits (reference for paper §4 sizes), ``p`` = symbol frequencies of ``symbols``.
 
     Args:
         symbols: 1-D integer array with values in ``[0, alphabet_size)``.
@@ -216,7 +216,7 @@ def _canonical_order(ln: np.ndarray) -> np.ndarray:
 
 
 def canonical_codes(lengths: np.ndarray) -> np.ndarray:
-    """Canonical code words for ``lengths`` (DEFLATE rule: shorter codes first, ties by symbol value).
+    """Canonical code words for ``lengths`` (paper §4; DEFLATE rule: shorter codes first, ties by symbol value).
 
     Args:
         lengths: 1-D integer array, ``0`` = symbol unused, else ``1..24``; must satisfy Kraft (``<= 1``).
@@ -244,7 +244,7 @@ def canonical_codes(lengths: np.ndarray) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ encode/decode
 def encode(symbols: np.ndarray, lengths: np.ndarray, block_size: int = DEFAULT_BLOCK_SIZE) -> bytes:
-    """Huffman-encode ``symbols`` with the canonical code given by ``lengths`` (see module doc for the layout).
+    """Huffman-encode ``symbols`` with the canonical code given by ``lengths`` (paper §4; layout in module doc).
 
     Args:
         symbols: 1-D integer array, values in ``[0, len(lengths))``, each with ``lengths[s] > 0``.
@@ -315,7 +315,7 @@ def _parse_blocks(r: ByteReader, n_symbols: int, min_len: int) -> tuple[int, int
 
 
 def decode(data: bytes, lengths: np.ndarray, n_symbols: int) -> np.ndarray:
-    """Decode ``n_symbols`` symbols produced by :func:`encode` with the same ``lengths``.
+    """Decode ``n_symbols`` symbols produced by :func:`encode` with the same ``lengths`` (paper §4).
 
     Block-parallel table decoding: all blocks advance together; each step is one gather from a
     ``2**max(lengths)``-entry table of ``(symbol << 5) | length``.  Sizes declared in the stream are checked

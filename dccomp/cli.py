@@ -1,0 +1,302 @@
+"""``dccomp`` command line: demo, compress, inspect, eval, build, passes.
+
+Errors a user can fix (bad arguments, missing data, corrupt files) end with a one-line message and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["main"]
+
+
+def _fail(msg: str) -> None:
+    print(f"dccomp: error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _load_user_model(spec: str, data: str | None) -> Any:
+    """``lenet-300-100`` / ``lenet-5`` or ``module:Class`` (a class taking no arguments)."""
+    from .data import DATASETS
+    from .models import MODELS, build_model
+
+    if spec in MODELS:
+        info = DATASETS[data or "fashion-mnist"]
+        return build_model(spec, info.input_shape, info.num_classes)
+    if ":" not in spec:
+        _fail(f"model {spec!r} is neither a built-in ({', '.join(MODELS)}) nor 'module:Class'")
+    mod_name, cls_name = spec.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        cls = getattr(importlib.import_module(mod_name), cls_name)
+    except (ImportError, AttributeError) as e:
+        _fail(f"cannot import {spec!r}: {e}")
+    try:
+        return cls()
+    except TypeError as e:
+        _fail(f"{spec} must be constructible without arguments: {e}")
+
+
+def _load_weights(model: Any, path: str | None) -> None:
+    if path is None:
+        return
+    import torch
+
+    from .format import load
+
+    if not os.path.exists(path):
+        _fail(f"weights file {path!r} does not exist")
+    if path.endswith(".dcc"):
+        load(path, model)
+        return
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")  # never unpickle arbitrary objects
+    except Exception as e:
+        _fail(f"cannot read weights {path!r} as a state_dict (torch.load weights_only=True): {e}")
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError) as e:
+        _fail(f"weights {path!r} do not fit the model: {str(e).splitlines()[0]}")
+
+
+def _print_json(obj: Any, path: str | None) -> None:
+    text = json.dumps(obj, indent=2, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o))
+    if path in (None, "-"):
+        print(text)
+    else:
+        Path(path).write_text(text + "\n")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+
+    out = a.out or f"{a.model}.dcc"
+    print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
+    r = run_demo(a.model, a.data, pipeline=a.pipeline, out=out, data_root=a.data_root, seed=a.seed,
+                 progress=not a.no_progress, dense_epochs=a.dense_epochs)
+    if a.json:
+        _print_json({k: v for k, v in r.items() if k != "ir"}, a.json)
+        if a.json == "-":
+            return
+    print(r["ir"])
+    print()
+    print(r["report"])
+    print()
+    print("size after each pass (file bytes):")
+    for (key, nbytes, ratio), (_, secs) in zip(r["stages"][1:], r["timing"]):
+        rec = r["records"].get(key, {})
+        acc = f"  acc {100 * rec['eval_accuracy']:.2f}%" if "eval_accuracy" in rec else ""
+        print(f"  {key:<16} {nbytes:>9} B {ratio:>7.1f}x {secs:>7.1f} s{acc}")
+    print()
+    src = "cached" if r["dense_from_cache"] else "trained"
+    print(f"dense accuracy      {100 * r['dense_accuracy']:.2f}%  ({src} baseline)")
+    print(f"compressed accuracy {100 * r['compressed_accuracy']:.2f}%  (in memory)")
+    print(f"reloaded accuracy   {100 * r['reloaded_accuracy']:.2f}%  (from {r['out']})")
+    same = "identical" if r["reloaded_accuracy"] == r["compressed_accuracy"] else "DIFFERENT"
+    print(f"file {r['out']}: {r['file_bytes']} bytes vs {r['dense_fp32_bytes']} dense float32 -> "
+          f"{r['ratio']:.1f}x; reload accuracy {same}; {r['seconds']:.0f} s total")
+    if same != "identical":
+        raise SystemExit(1)
+
+
+def cmd_compress(a: argparse.Namespace) -> None:
+    import torch
+
+    from . import compile, save
+    from .data import DATASETS, get_dataset
+    from .instruments import Progress
+    from .train import Trainer
+
+    model = _load_user_model(a.model, a.data)
+    _load_weights(model, a.weights)
+    trainer = None
+    shape = None
+    if a.data:
+        trainer = Trainer(get_dataset(a.data, "train", a.data_root), get_dataset(a.data, "test", a.data_root))
+        shape = DATASETS[a.data].input_shape
+    elif a.input_shape:
+        shape = tuple(int(s) for s in a.input_shape.split(","))
+    ex = torch.zeros(1, *shape) if shape else None
+    compiled = compile(model, a.pipeline, example_inputs=ex, trainer=trainer, verify=a.verify,
+                       instruments=[] if a.no_progress else [Progress()], seed=a.seed)
+    nbytes = save(compiled, a.out)
+    rep = compiled.report()
+    if a.json:
+        _print_json({"out": a.out, "file_bytes": nbytes, "report": rep, "records": compiled.records}, a.json)
+    else:
+        print(compiled.ir)
+        print(rep)
+        print(f"wrote {a.out} ({nbytes} bytes)")
+
+
+def cmd_inspect(a: argparse.Namespace) -> None:
+    from .container import read_container
+    from .format import DccFile
+    from .report import report_from_manifest
+
+    f = DccFile(read_container(a.file))
+    sizes = {s.name: s.length for s in f.container.sections}
+    rep = report_from_manifest(f.meta, sizes, f.file_size)
+    if a.json:
+        _print_json({"model": f.meta.get("model"), "tensors": f.meta["tensors"], "report": rep}, a.json)
+        return
+    print(f"file {a.file}: model {f.meta.get('model')}, {len(f.names)} tensors, {f.file_size} bytes")
+    for name in f.names:
+        e = f.info(name)
+        if e["role"] == "weight":
+            m = e["meta"]
+            k = e.get("codebook", {}).get("shape", ["-"])[0]
+            shape = ",".join(map(str, e["shape"]))
+            nbytes = sum(sizes[f"{name}/{s}"] for s in e["streams"])
+            print(f"  {name} {e['kind']} f32[{shape}] density={m['nnz'] / max(m['n'], 1):.4f} k={k} "
+                  f"bits={e.get('bits', '-')} coded={nbytes}B({e['coder']}) index_bits={e['index_bits']}")
+        else:
+            shape = ",".join(map(str, e["array"]["shape"]))
+            print(f"  {name} raw({e['reason']}) {e['array']['dtype']}[{shape}]")
+    print()
+    print(rep)
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from .data import get_dataset
+    from .format import load
+    from .train import Trainer
+
+    model = _load_user_model(a.model, a.data)
+    load(a.file, model)
+    res = Trainer(eval_data=get_dataset(a.data, "test", a.data_root)).evaluate(model)
+    if a.json:
+        _print_json(res, a.json)
+    else:
+        print(f"{a.file}: top-1 accuracy {100 * res['accuracy']:.2f}% on {res['n']} {a.data} test images")
+
+
+def cmd_build(a: argparse.Namespace) -> None:
+    import torch
+
+    from . import compile
+    from .data import DATASETS
+    from .format import load
+    from .registry import get_backend
+
+    model = _load_user_model(a.model, a.data)
+    load(a.file, model)
+    shape = DATASETS[a.data or "fashion-mnist"].input_shape
+    ex = torch.zeros(a.batch, *shape)
+    ir = compile(model, "", example_inputs=ex).ir
+    _attach_compressed_state(ir, a.file)
+    files = get_backend("tvm")().export(ir, a.out, target=a.target, example_inputs=ex)
+    for p in files:
+        print(p)
+
+
+def _attach_compressed_state(ir: Any, path: str) -> None:
+    """Give the IR's weights the masks, codebooks and indices stored in the file (for compressed kernels)."""
+    from .format import load
+
+    f = load(path)
+    for w in ir.weights.values():
+        if w.name in f.names:
+            _, mask, codebook, indices = f.decode(w.name)
+            w.mask, w.codebook, w.indices = mask, codebook, indices
+            if codebook is not None:
+                w.bits = max(1, (max(int(codebook.numel()), 2) - 1).bit_length())
+
+
+def cmd_passes(a: argparse.Namespace) -> None:
+    from .registry import available_backends, available_passes, get_pass, NamedPipeline
+
+    for name in available_passes():
+        obj = get_pass(name)
+        doc = obj.doc if isinstance(obj, NamedPipeline) else (obj.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<18} {doc}")
+    print("backends: " + ", ".join(available_backends()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .models import MODELS
+
+    p = argparse.ArgumentParser(prog="dccomp", description="Deep Compression compiler for PyTorch models")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    def data_args(sp, required=False, default=None):
+        sp.add_argument("--data", choices=sorted(DATASETS), required=required, default=default)
+        sp.add_argument("--data-root", help="folder of the data set's files (fashion-mnist: gzipped IDX); "
+                                            "default $DCCOMP_FASHION_MNIST or /usr/share/datasets/fashion-mnist")
+
+    d = sub.add_parser("demo", help="train, compress, save, reload and evaluate a LeNet on real data")
+    d.add_argument("--model", choices=sorted(MODELS), default="lenet-300-100")
+    data_args(d, default="fashion-mnist")
+    d.add_argument("--pipeline", default="deep-compression", help="pipeline text or a named pipeline")
+    d.add_argument("--out", help="output .dcc file (default: MODEL.dcc)")
+    d.add_argument("--dense-epochs", type=int, help="epochs for the dense baseline (default 10)")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
+    d.add_argument("--no-progress", action="store_true")
+    d.set_defaults(func=cmd_demo)
+
+    c = sub.add_parser("compress", help="compress a model: built-in name or module:Class + weights")
+    c.add_argument("model", help="lenet-300-100, lenet-5 or module:Class")
+    c.add_argument("--weights", help="state_dict file (.pt, loaded with weights_only=True) or .dcc")
+    data_args(c)
+    c.add_argument("--input-shape", help="per-example input shape, e.g. 1,28,28 (when no --data)")
+    c.add_argument("--pipeline", required=True)
+    c.add_argument("--out", required=True)
+    c.add_argument("--verify", action="store_true")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", metavar="PATH")
+    c.add_argument("--no-progress", action="store_true")
+    c.set_defaults(func=cmd_compress)
+
+    i = sub.add_parser("inspect", help="show a .dcc file's tensors and size table")
+    i.add_argument("file")
+    i.add_argument("--json", metavar="PATH")
+    i.set_defaults(func=cmd_inspect)
+
+    e = sub.add_parser("eval", help="evaluate a .dcc file's top-1 accuracy")
+    e.add_argument("file")
+    e.add_argument("--model", required=True, help="lenet-300-100, lenet-5 or module:Class")
+    data_args(e, default="fashion-mnist")
+    e.add_argument("--json", metavar="PATH")
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("build", help="generate deployable code for a target with the TVM backend")
+    b.add_argument("file")
+    b.add_argument("--model", required=True)
+    b.add_argument("--target", default="llvm", help="llvm, arm_cpu, cuda, mali")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--batch", type=int, default=1)
+    data_args(b, default="fashion-mnist")
+    b.set_defaults(func=cmd_build)
+
+    ps = sub.add_parser("passes", help="list registered passes, pipelines and backends")
+    ps.set_defaults(func=cmd_passes)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``dccomp`` console script."""
+    from .data import DatasetNotFoundError
+    from .errors import DccompError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except DatasetNotFoundError as e:
+        _fail(str(e))
+    except (DccompError, OSError, ValueError) as e:
+        _fail(f"{type(e).__name__}: {e}")
+    except ImportError as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    main()
