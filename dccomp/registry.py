@@ -16,7 +16,7 @@ from .errors import PassError, RegistryError
 from .pass_infra import Pass
 
 __all__ = ["NamedPipeline", "register_pass", "register_backend", "register_pipeline", "get_pass", "get_backend",
-           "make_pass", "available_passes", "available_backends"]
+           "make_pass", "available_passes", "available_backends", "refresh_entry_points"]
 
 T = TypeVar("T")
 
@@ -121,6 +121,12 @@ def get_pass(name: str) -> Any:
 def get_backend(name: str) -> Any:
     """The backend class registered as ``name`` (raises RegistryError if unknown)."""
     return _BACKENDS.get(name)
+
+
+def refresh_entry_points() -> None:
+    """Re-read the entry-point groups (after installing a plugin package in a running process)."""
+    _PASSES._eps = None
+    _BACKENDS._eps = None
 
 
 def available_passes() -> list[str]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from .errors import FormatError
 from .format import plan_file
 from .ir import IR
 
@@ -103,26 +105,39 @@ def report_from_manifest(meta: dict, section_bytes: dict[str, int], total: int) 
         meta: the manifest (``{"model", "tensors": [...]}``) as written by :func:`dccomp.format.plan_file`.
         section_bytes: bytes of each section by name. total: the file size in bytes.
     """
+    try:
+        return _report(meta, section_bytes, total)
+    except (KeyError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+        raise FormatError(f"cannot build a size report from this manifest: {type(e).__name__}: {e}"[:300]) from None
+
+
+def _report(meta: dict, section_bytes: dict[str, int], total: int) -> SizeReport:
     entries = {e["name"]: e for e in meta["tensors"]}
     module_of = {name: name.rsplit(".", 1)[0] if "." in name else name for name in entries}
+    # One row per layer, labelled by its module (``fc1``); a module holding several compressible weights
+    # (e.g. two F.linear parameters) gets one row per weight, labelled by the weight's name.
+    n_weights = Counter(module_of[n] for n, e in entries.items() if e["role"] == "weight")
     rows: dict[str, LayerRow] = {}
     coders = set()
     for name, e in entries.items():
         if e["role"] != "weight":
             continue
-        coders.add(e["coder"])
+        coders.add(str(e["coder"]))
         m = e["meta"]
         n, nnz = m["n"], m["nnz"]
+        if type(n) is not int or type(nnz) is not int or not 0 <= nnz <= n:
+            raise ValueError(f"tensor {name!r}: bad counts n={n!r}, nnz={nnz!r}")
         secs = {s: section_bytes[f"{name}/{s}"] for s in e["streams"]}
         cb = section_bytes.get(f"{name}/codebook", 0)
         entropy = e["coder"] != "fixed"
         wq = float(e["bits"]) if "bits" in e else 32.0
         wqh = (8 * secs["codes"] / nnz if nnz else 0.0) if "codes" in secs and entropy else None
-        n_gap = m["gaps"]["n"] if "gaps" in m else 0
+        n_gap = int(m["gaps"]["n"]) if "gaps" in m else 0
         iq = float(e["index_bits"]) * (n_gap / nnz if nnz else 0) if "gaps" in secs else None
         iqh = (8 * secs["gaps"] / nnz if nnz else 0.0) if "gaps" in secs and entropy else None
-        rows[module_of[name]] = LayerRow(module_of[name], n, nnz / n if n else 1.0, wq, wqh, iq, iqh, cb, 0,
-                                         sum(secs.values()) + cb, 4 * n, n_gap - nnz)
+        label = module_of[name] if n_weights[module_of[name]] == 1 else name
+        rows[label] = LayerRow(label, n, nnz / n if n else 1.0, wq, wqh, iq, iqh, cb, 0,
+                               sum(secs.values()) + cb, 4 * n, n_gap - nnz)
     for name, e in entries.items():
         if e["role"] == "weight":
             continue

@@ -53,7 +53,7 @@ class Cluster(Pass):
 
     Options: ``bits`` (default: 8 conv/embedding, 5 fc, as in the paper), ``layers`` ``{regex: bits}`` per
     layer, ``init`` (``linear`` default, ``density``, ``random`` (Forgy), ``kmeans++``, ``optimal``),
-    ``exclude`` (regex of weights left dense), ``seed`` (added to the context seed).
+    ``exclude`` (regex of weights left dense, matched like ``layers``), ``seed`` (added to the context seed).
     """
 
     name = "cluster"
@@ -72,10 +72,8 @@ class Cluster(Pass):
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
 
     def run(self, ir: IR, ctx: PassContext) -> PassResult:
-        import re
-
         for i, w in enumerate(ir.weights.values()):
-            if self.exclude and (re.fullmatch(self.exclude, w.name) or re.fullmatch(self.exclude, w.kind)):
+            if self.exclude and select_value(w, {self.exclude: True}, False):  # name, module or kind
                 ir.skipped[w.name] = f"excluded from cluster by exclude={self.exclude!r}"
                 continue
             bits = int(select_value(w, self.layers, self.bits if self.bits is not None else default_bits(w)))

@@ -65,7 +65,7 @@ class Prune(Pass):
     - ``sparsity``: fraction removed per layer (or over all selected layers with ``scope=global``), or
     - ``quality``: threshold = quality x std of each layer's weights (NIPS'15 §4).
     - ``layers``: ``{regex: value}`` per-layer sparsity (or quality), matched against the weight name, the
-      module name or the layer kind; ``exclude``: regex of weights left untouched.
+      module name or the layer kind; ``exclude``: regex (matched the same way) of weights left untouched.
     - ``steps`` > 1 with ``epochs`` > 0: iterative pruning, retraining ``epochs`` between steps (NIPS'15 §3.3),
       on the ``schedule`` ``linear`` or ``agp`` (cubic gradual pruning); needs training data.
     Density after the pass matches the target to within one weight per layer.
@@ -116,9 +116,8 @@ class Prune(Pass):
         return None
 
     def _selected(self, w: Weight) -> bool:
-        import re
-
-        return not (self.exclude and (re.fullmatch(self.exclude, w.name) or re.fullmatch(self.exclude, w.kind)))
+        # same matching as ``layers``: weight name, module name or layer kind
+        return not (self.exclude and select_value(w, {self.exclude: True}, False))
 
     def _target(self, w: Weight) -> float | None:
         return select_value(w, self.layers, self.quality if self.quality is not None else self.sparsity)

@@ -87,3 +87,15 @@ def tiny_data():
 def make_trainer(data, **kw) -> dccomp.Trainer:
     kw.setdefault("batch_size", 16)
     return dccomp.Trainer(data, **kw)
+
+
+@pytest.fixture
+def data_factory():
+    """``data_factory(n, d_in, n_classes, seed) -> (X, y)`` random classification data."""
+    return make_data
+
+
+@pytest.fixture
+def trainer_factory():
+    """``trainer_factory(data, **Trainer kwargs)`` (batch_size 16 by default)."""
+    return make_trainer
