@@ -23,7 +23,8 @@ from .train import Trainer
 __all__ = ["cache_dir", "dense_baseline", "run_demo", "DENSE_RECIPE"]
 
 #: dense training recipe (SGD + momentum; the paper's LeNets were trained with Caffe's SGD).
-DENSE_RECIPE = {"epochs": 10, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128}
+DENSE_RECIPE = {"epochs": 10, "lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "batch_size": 128,
+                "schedule": "cosine"}
 
 
 def cache_dir() -> Path:
@@ -34,7 +35,7 @@ def cache_dir() -> Path:
 
 
 def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 0, epochs: int | None = None,
-                   progress: Callable | None = None, data_root: str | None = None) -> tuple[nn.Module, bool]:
+                   progress: Callable | None = None) -> tuple[nn.Module, bool]:
     """The trained dense model, from the cache when present (stored as a ``.dcc`` file: no pickle).
 
     Returns ``(model, from_cache)``. The cache key covers the model, data set, recipe and seed.
@@ -51,7 +52,7 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
             path.unlink(missing_ok=True)  # a corrupt cache is rebuilt, never trusted
     torch.manual_seed(seed)
     trainer.fit(model, model.parameters(), epochs=recipe["epochs"], lr=recipe["lr"], momentum=recipe["momentum"],
-                weight_decay=recipe["weight_decay"], progress=progress, seed=seed)
+                weight_decay=recipe["weight_decay"], progress=progress, seed=seed, schedule=recipe["schedule"])
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     save(compile(model, [], example_inputs=torch.zeros(1, *info.input_shape)), path)
@@ -78,7 +79,7 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     bar = Progress()
     t0 = time.perf_counter()
     dense, cached = dense_baseline(model_name, data, trainer, seed=seed, epochs=dense_epochs,
-                                   progress=bar.progress if progress else None, data_root=data_root)
+                                   progress=bar.progress if progress else None)
     dense_acc = trainer.evaluate(dense)["accuracy"]
     t_dense = time.perf_counter() - t0
     sizes, timing = SizeTracker(), Timing()

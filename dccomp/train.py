@@ -7,6 +7,7 @@ step, so they hold whatever the step does.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -89,10 +90,11 @@ class Trainer:
     def fit(self, module: nn.Module, params: Sequence[torch.Tensor] | Sequence[dict], *, epochs: float = 1, optimizer: str = "sgd",
             lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
             after_step: Callable[[torch.optim.Optimizer], None] | None = None,
-            progress: Callable | None = None, seed: int = 0) -> dict[str, float]:
+            progress: Callable | None = None, seed: int = 0, schedule: str = "constant") -> dict[str, float]:
         """Train ``params`` (tensors or torch param-group dicts) of ``module`` for ``epochs`` (fractions allowed).
 
         ``after_step(optimizer)`` runs after every optimizer step (dccomp re-applies masks there).
+        ``schedule``: ``constant`` learning rate, or ``cosine`` (decayed to 0 over the epochs, per epoch).
 
         Returns:
             ``{"loss": mean training loss of the last epoch, "steps": number of steps}``.
@@ -105,11 +107,18 @@ class Trainer:
                              "dccomp.compile, or a dccomp.Trainer")
         if epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
         opt = make_optimizer(list(params), optimizer, lr, momentum, weight_decay)
+        base = [g["lr"] for g in opt.param_groups]
         module.train()
         steps, last = 0, float("nan")
         full, frac = int(epochs), epochs - int(epochs)
-        for ep in range(full + (1 if frac > 0 else 0)):
+        n_epochs = full + (1 if frac > 0 else 0)
+        for ep in range(n_epochs):
+            if schedule == "cosine":
+                for g, b0 in zip(opt.param_groups, base):
+                    g["lr"] = b0 * 0.5 * (1 + math.cos(math.pi * ep / n_epochs))
             loader = _as_loader(self.train_data, self.batch_size, True, seed * 1000 + ep)
             limit = self.max_batches
             if ep == full:  # fractional last epoch

@@ -125,6 +125,9 @@ class Prune(Pass):
     def _prune_once(self, ir: IR, frac: float) -> None:
         """Prune to ``frac`` of each final target (sparsity) or with the full quality threshold."""
         selected = [w for w in ir.weights.values() if self._selected(w)]
+        for w in ir.weights.values():
+            if not self._selected(w):
+                ir.skipped[w.name] = f"excluded from prune by exclude={self.exclude!r}"
         if self.scope == "global":
             # one ranking over all selected layers: keep exactly the largest |w| (ties: earlier layer, lower
             # flat index), as _keep_largest does per layer, so equal magnitudes cannot overshoot the target

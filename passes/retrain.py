@@ -30,12 +30,16 @@ class SharedWeightModule(nn.Module):
         self._keys: dict[str, str] = {}
         self._index: dict[str, torch.Tensor] = {}
         self._mask: dict[str, torch.Tensor | None] = {}
+        self.frozen: set[str] = set()  # clustered weights the user froze (requires_grad=False): centroids too
         for w in ir.weights.values():
             if w.codebook is None:
                 continue
             key = w.name.replace(".", "__")
             self._keys[w.name] = key
-            self.centroids[key] = nn.Parameter(w.codebook.clone())
+            trainable = ir.param(w.name).requires_grad
+            if not trainable:
+                self.frozen.add(w.name)
+            self.centroids[key] = nn.Parameter(w.codebook.clone(), requires_grad=trainable)
             self._index[w.name] = w.indices
             self._mask[w.name] = w.mask
             ir.param(w.name).requires_grad_(False)
@@ -94,10 +98,15 @@ class Retrain(Pass):
         module = SharedWeightModule(ir)
         masks = {ir.param(w.name): w.mask for w in ir.weights.values()
                  if w.mask is not None and w.codebook is None}
-        hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks.items()]
+        if not any(p.requires_grad for p in ir.gm.parameters()) and not any(
+                c.requires_grad for c in module.centroids.parameters()):
+            raise PassError("retrain has nothing to train: every parameter of the model has requires_grad=False")
+        # frozen parameters (requires_grad=False) get no hook (torch refuses one) and are not trained
+        hooks = [p.register_hook(lambda g, m=m: g * m) for p, m in masks.items() if p.requires_grad]
         groups = [{"params": [p for p in ir.gm.parameters() if p.requires_grad]}]
-        if len(module.centroids):
-            groups.append({"params": list(module.centroids.parameters()), "lr": self.centroid_lr or self.lr})
+        centroids = [c for c in module.centroids.parameters() if c.requires_grad]
+        if centroids:
+            groups.append({"params": centroids, "lr": self.centroid_lr or self.lr})
 
         def after_step(opt: torch.optim.Optimizer) -> None:
             with torch.no_grad():
@@ -120,7 +129,7 @@ class Retrain(Pass):
                 if w.codebook is not None:
                     w.codebook = module.centroids[module._keys[w.name]].detach().clone()
                     ir.param(w.name).copy_(shared[w.name])
-                    ir.param(w.name).requires_grad_(True)
+                    ir.param(w.name).requires_grad_(w.name not in module.frozen)
         ir.gm.eval()
         if self.evaluate and ctx.trainer.eval_data is not None:
             stats.update({f"eval_{k}": v for k, v in ctx.trainer.evaluate(ir.gm).items()})

@@ -99,3 +99,12 @@ def data_factory():
 def trainer_factory():
     """``trainer_factory(data, **Trainer kwargs)`` (batch_size 16 by default)."""
     return make_trainer
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one intra-op torch thread (tiny models: faster, and stable on a busy 2-core box)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

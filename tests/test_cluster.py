@@ -11,7 +11,7 @@ from dccomp import PassContext, PassManager, State
 from dccomp.passes.cluster import Cluster, cluster_weight, default_bits
 from dccomp.passes.prune import Prune
 
-pytestmark = pytest.mark.usefixtures("always_verify")
+pytestmark = pytest.mark.usefixtures("always_verify", "one_thread")
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -11,7 +11,7 @@ from dccomp.passes.cluster import Cluster
 from dccomp.passes.prune import Prune
 from dccomp.passes.retrain import Retrain
 
-pytestmark = pytest.mark.usefixtures("always_verify")
+pytestmark = pytest.mark.usefixtures("always_verify", "one_thread")
 
 
 def _run(ir_or_model, passes, **ctx):

@@ -13,7 +13,7 @@ import dccomp
 from dccomp import PassContext, PassManager
 from dccomp.passes.prune import Prune, agp_schedule, prune_weight
 
-pytestmark = pytest.mark.usefixtures("always_verify")
+pytestmark = pytest.mark.usefixtures("always_verify", "one_thread")
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

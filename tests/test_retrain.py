@@ -14,7 +14,7 @@ from dccomp.passes.cluster import Cluster
 from dccomp.passes.prune import Prune
 from dccomp.passes.retrain import Retrain
 
-pytestmark = pytest.mark.usefixtures("always_verify")
+pytestmark = pytest.mark.usefixtures("always_verify", "one_thread")
 
 SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -171,3 +171,25 @@ def test_retrain_records_eval_accuracy(tiny_mlp, tiny_data):
 def test_option_errors_from_pipeline_text(text, match):
     with pytest.raises(dccomp.PassError, match=match):
         dccomp.parse_pipeline(text)
+
+
+@pytest.mark.parametrize("pipeline", ["prune{sparsity=0.5},retrain{lr=0.1}", "cluster{bits=2},retrain{lr=0.1}",
+                                      "prune{sparsity=0.5},cluster{bits=2},retrain{lr=0.1}"])
+def test_frozen_layer_is_retrained_around_not_through(tiny_mlp, tiny_data, pipeline, check_ir):
+    """A layer the user froze (requires_grad=False) stays frozen: retrain neither crashes (no gradient hook on a
+    tensor without grad) nor trains its weights or centroids, and the flag survives the pass."""
+    tiny_mlp.fc1.weight.requires_grad_(False)
+    before = dccomp.compile(tiny_mlp, pipeline.rsplit(",", 1)[0]).ir
+    c = dccomp.compile(tiny_mlp, pipeline, train_data=tiny_data, verify=True)
+    check_ir(c.ir)
+    assert torch.equal(c.ir.param("fc1.weight"), before.param("fc1.weight"))
+    assert not c.ir.param("fc1.weight").requires_grad
+    assert not torch.equal(c.ir.param("fc2.weight"), before.param("fc2.weight"))
+    assert c.ir.param("fc2.weight").requires_grad
+
+
+def test_fully_frozen_model_is_a_clear_error(tiny_mlp, tiny_data):
+    for p in tiny_mlp.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(dccomp.PassError, match="nothing to train"):
+        dccomp.compile(tiny_mlp, "prune{sparsity=0.5},retrain", train_data=tiny_data)

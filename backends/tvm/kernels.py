@@ -32,7 +32,7 @@ import numpy as np
 __all__ = [
     "CSRCodebook", "sparse_linear_cpu", "sparse_linear_cuda", "sparse_linear_opencl", "sparse_linear_func",
     "dense_linear_cpu", "im2col_cpu", "build_sparse_linear", "build_dense_linear", "CompiledKernel",
-    "DENSE_DENSITY_THRESHOLD", "DENSE_DENSITY_THRESHOLD_LARGE", "use_dense",
+    "DENSE_DENSITY_THRESHOLD", "DENSE_DENSITY_THRESHOLD_LARGE", "use_dense", "device_kernel_info",
 ]
 
 # Density (nnz / size) from which the dense kernel replaces the CSR+codebook kernel. Measured with
@@ -500,3 +500,84 @@ def build_dense_linear(weight: np.ndarray, bias: np.ndarray | None = None, *, ba
     lib = tvm.compile(f, target=tvm.target.Target(resolve_target(target)))
     b = np.zeros(n_out, np.float32) if bias is None else np.asarray(bias, np.float32)
     return CompiledKernel(lib, name, [weight, b], (batch, n_out))
+
+
+def device_kernel_info(prim_func, target="cuda") -> list[dict]:
+    """Device kernels TVM generates for ``prim_func`` on a GPU ``target``, in module order (for exporting
+    the kernels to a runtime without TVM, e.g. CuPy).
+
+    Runs the same TIR pipeline as ``tvm.compile`` (``tvm.tirx.build``: BindTarget, default pipeline,
+    host/device split, device finalisation) and, for every device ``PrimFunc``, returns ``{"name",
+    "params": [{"name", "dtype", "kind": "pointer"|"scalar", "pointee"}...] (the kernel's C argument order,
+    which TVM's host/device split chooses and need not match the PrimFunc's buffer order), "grid": [x, y, z],
+    "block": [x, y, z], "dyn_shared_bytes", "launch_params"}``. Launch extents must be constants (they
+    are for the static-shape kernels in this module); a symbolic one raises ``ValueError``.
+    """
+    import tvm
+    from tvm.target import Target
+    from tvm.tirx.build import split_host_device_mods
+
+    from .targets import resolve_target
+
+    tgt = Target(resolve_target(target))
+    mod = tvm.IRModule.from_expr(prim_func) if not isinstance(prim_func, tvm.IRModule) else prim_func
+    host = Target("llvm" if tvm.runtime.enabled("llvm") else "c")
+    mod = tvm.tirx.transform.BindTarget(tgt.with_host(host))(mod)
+    pipeline, _fin_host, fin_dev = tvm.tirx.get_default_tir_pipeline(tgt)
+    mod = pipeline(mod)
+    _host_mod, dev_mods = split_host_device_mods(mod)
+    out = []
+    for _t, dmod in dev_mods.items():
+        dmod = fin_dev()(dmod)
+        for gv, f in dmod.functions.items():
+            ext = {}
+
+            def visit(node, ext=ext):
+                if isinstance(node, tvm.tirx.AttrStmt) and node.attr_key == "thread_extent":
+                    tag = node.node.thread_tag
+                    val = node.value
+                    if not isinstance(val, tvm.tirx.IntImm):
+                        raise ValueError(f"non-constant launch extent {tag} = {val} in {gv.name_hint}")
+                    if tag in ext and ext[tag] != int(val):
+                        raise ValueError(f"conflicting extents for {tag} in {gv.name_hint}")
+                    ext[tag] = int(val)
+
+            _walk_stmts(f.body, visit)
+            params = []
+            for v in f.params:
+                ann = getattr(v, "ty", None) if hasattr(v, "ty") else getattr(v, "type_annotation", None)
+                elem = getattr(ann, "element_type", None)
+                if elem is not None:  # PointerType
+                    params.append({"name": v.name, "dtype": "handle", "kind": "pointer",
+                                   "pointee": str(getattr(elem, "dtype", elem))})
+                else:
+                    params.append({"name": v.name, "dtype": str(v.dtype), "kind": "scalar", "pointee": None})
+            lp = [str(x) for x in f.attrs.get("tirx.kernel_launch_params", [])] if f.attrs else []
+            name = str(f.attrs.get("global_symbol", gv.name_hint)) if f.attrs else gv.name_hint
+            out.append({
+                "name": name, "params": params,
+                "grid": [ext.get("blockIdx.x", 1), ext.get("blockIdx.y", 1), ext.get("blockIdx.z", 1)],
+                "block": [ext.get("threadIdx.x", 1), ext.get("threadIdx.y", 1), ext.get("threadIdx.z", 1)],
+                "dyn_shared_bytes": 0, "launch_params": lp,
+            })
+    return out
+
+
+def _walk_stmts(stmt, fvisit) -> None:
+    """Pre-order walk over TIR statements (this TVM build exposes no TIR ``post_order_visit``)."""
+    stack = [stmt]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        fvisit(node)
+        seq = getattr(node, "seq", None)
+        if seq is not None:
+            stack.extend(reversed(list(seq)))
+        for attr in ("body", "then_case", "else_case", "block"):
+            try:
+                child = getattr(node, attr, None)
+            except Exception:  # noqa: BLE001 - some nodes raise on unknown attributes
+                child = None
+            if child is not None and not isinstance(child, (list, tuple)) and hasattr(child, "span"):
+                stack.append(child)
