@@ -71,7 +71,8 @@ class Weight:
         codebook: float32 tensor of shape ``(k,)``, the shared weights (centroids), ``None`` until clustered.
         indices: int64 tensor of the weight's shape, cluster index of each weight (0 where masked out);
             ``None`` until clustered.
-        bits: bits per cluster index, ``ceil(log2(k))`` of the requested k (paper's P+Q weight bits).
+        bits: bits per cluster index actually needed, ``max(1, ceil(log2(k')))`` for the k' centroids kept
+            (<= the requested bits; the paper's P+Q weight bits).
         coded: the entropy-coded streams, ``None`` until coded.
         groups: conv groups (1 otherwise), kept for reports and kernels.
     """

@@ -157,7 +157,7 @@ class Prune(Pass):
     @staticmethod
     def _apply(w: Weight, p: torch.nn.Parameter, mask: torch.Tensor) -> None:
         with torch.no_grad():
-            p.mul_(mask)
+            p.masked_fill_(~mask, 0.0)  # exactly +0.0 (mul_ would leave -0.0, which the file cannot keep)
         w.mask = mask
 
     def run(self, ir: IR, ctx: PassContext) -> PassResult:

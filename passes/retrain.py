@@ -111,7 +111,7 @@ class Retrain(Pass):
         def after_step(opt: torch.optim.Optimizer) -> None:
             with torch.no_grad():
                 for p, m in masks.items():
-                    p.mul_(m)
+                    p.masked_fill_(~m, 0.0)
                     for buf in opt.state.get(p, {}).values():
                         if isinstance(buf, torch.Tensor) and buf.shape == p.shape:
                             buf.mul_(m)
