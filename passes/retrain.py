@@ -69,7 +69,8 @@ class Retrain(Pass):
     refuses entropy-coded weights. Records accuracy on the eval data when there is some.
 
     Options: ``epochs`` (may be fractional), ``lr`` (paper: 1/10 of the original rate for LeNet),
-    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum``, ``weight_decay``, ``centroid_lr`` (defaults to lr).
+    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum``, ``weight_decay``, ``centroid_lr`` (defaults to lr),
+    ``schedule`` (``constant`` learning rate, or ``cosine`` decay over the epochs).
     """
 
     name = "retrain"
@@ -80,6 +81,7 @@ class Retrain(Pass):
     momentum: float = 0.9
     weight_decay: float = 1e-4
     centroid_lr: float | None = None
+    schedule: str = "constant"
     evaluate: bool = True
 
     def __post_init__(self) -> None:
@@ -87,6 +89,8 @@ class Retrain(Pass):
             raise ValueError(f"epochs must be a number >= 0, got {self.epochs!r}")
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
             raise ValueError(f"lr must be a number > 0, got {self.lr!r}")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"schedule must be constant or cosine, got {self.schedule!r}")
         if self.optimizer not in ("sgd", "adam", "adamw"):
             raise ValueError(f"optimizer must be sgd, adam or adamw, got {self.optimizer!r}")
 
@@ -119,7 +123,7 @@ class Retrain(Pass):
         try:
             stats = ctx.trainer.fit(module, groups, epochs=self.epochs, optimizer=self.optimizer, lr=self.lr,
                                     momentum=self.momentum, weight_decay=self.weight_decay, after_step=after_step,
-                                    progress=ctx.progress, seed=ctx.seed)
+                                    progress=ctx.progress, seed=ctx.seed, schedule=self.schedule)
         finally:
             for h in hooks:
                 h.remove()
