@@ -101,8 +101,9 @@ class Prune(Pass):
             raise ValueError(f"quality must be a number >= 0, got {self.quality!r}")
         if self.scope not in ("layer", "global"):
             raise ValueError(f"scope must be 'layer' or 'global', got {self.scope!r}")
-        if self.scope == "global" and self.sparsity is None:
-            raise ValueError("scope=global needs sparsity=")
+        if self.scope == "global" and (self.sparsity is None or self.layers):
+            raise ValueError("scope=global takes one sparsity= for all selected layers and no per-layer layers=; "
+                             "use exclude= to leave layers out, or scope=layer for per-layer targets")
         if self.schedule not in ("linear", "agp"):
             raise ValueError(f"schedule must be 'linear' or 'agp', got {self.schedule!r}")
         if not isinstance(self.steps, int) or self.steps < 1:

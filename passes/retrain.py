@@ -51,7 +51,7 @@ class SharedWeightModule(nn.Module):
             c = self.centroids[key]
             w = c[self._index[name]] if c.numel() else torch.zeros(self._index[name].shape)
             m = self._mask[name]
-            out[name] = w * m if m is not None else w
+            out[name] = w.masked_fill(~m, 0.0) if m is not None else w  # +0.0 exactly at pruned positions
         return out
 
     def forward(self, *args, **kwargs):
