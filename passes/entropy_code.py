@@ -10,7 +10,10 @@ from dccomp.ir import IR, State
 from dccomp.pass_infra import Pass, PassContext, PassResult, select_value
 from dccomp.wcodec import ALL_CODERS, code_weight, default_index_bits
 
-__all__ = ["EntropyCode", "Huffman", "Ans"]
+__all__ = ["EntropyCode", "Huffman", "Ans", "AUTO_INDEX_BITS"]
+
+#: relative-index widths tried by ``index_bits=auto`` (first wins ties).
+AUTO_INDEX_BITS = (3, 4, 5, 6, 7, 8, 10, 12)
 
 
 @dataclass(frozen=True)
@@ -24,14 +27,15 @@ class EntropyCode(Pass):
     changes no weight value except with ``codebook_dtype=float16``, which rounds the codebook to float16 first
     so the stored file decodes to exactly the IR's weights. Must be the last pass that changes weights.
 
-    Options: ``coder``, ``index_bits`` (default: 8 conv, 5 fc, as in the paper), ``layers`` ``{regex: bits}``,
+    Options: ``coder``, ``index_bits`` (default: 8 conv, 5 fc, as in the paper; ``auto``: per layer, the width
+    of :data:`AUTO_INDEX_BITS` whose coded size is smallest), ``layers`` ``{regex: bits}``,
     ``codebook_dtype`` (``float32`` or ``float16``).
     """
 
     name = "entropy-code"
     requires = State.CLUSTERED
     coder: str = "huffman"
-    index_bits: int | None = None
+    index_bits: int | str | None = None
     layers: dict[str, Any] = field(default_factory=dict)
     codebook_dtype: str = "float32"
 
@@ -39,8 +43,8 @@ class EntropyCode(Pass):
         if self.coder not in ALL_CODERS:
             raise ValueError(f"coder must be one of {', '.join(ALL_CODERS)}, got {self.coder!r}")
         for b in ([self.index_bits] if self.index_bits is not None else []) + list(self.layers.values()):
-            if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16:
-                raise ValueError(f"index_bits must be an integer in [1, 16], got {b!r}")
+            if b != "auto" and (not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16):
+                raise ValueError(f"index_bits must be an integer in [1, 16] or 'auto', got {b!r}")
         if self.codebook_dtype not in ("float32", "float16"):
             raise ValueError(f"codebook_dtype must be float32 or float16, got {self.codebook_dtype!r}")
 
@@ -65,8 +69,12 @@ class EntropyCode(Pass):
                 live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
                 with torch.no_grad():
                     p[live] = w.codebook[w.indices[live]].to(p.dtype)
-            bits = int(select_value(w, self.layers, self.index_bits or default_index_bits(w.kind)))
-            w.coded = code_weight(p, w, self.coder, bits)
+            bits = select_value(w, self.layers, self.index_bits or default_index_bits(w.kind))
+            if bits == "auto":  # the width whose coded streams are smallest (the codes stream does not depend on it)
+                tries = [code_weight(p, w, self.coder, b) for b in AUTO_INDEX_BITS] if w.mask is not None else []
+                w.coded = min(tries, key=lambda c: c.nbytes) if tries else code_weight(p, w, self.coder, 8)
+            else:
+                w.coded = code_weight(p, w, self.coder, int(bits))
             w.coded.meta["codebook_dtype"] = self.codebook_dtype
         ctx.record(coded_bytes={w.name: w.coded.nbytes for w in ir.weights.values() if w.coded is not None})
         return PassResult(ir, True)

@@ -161,3 +161,21 @@ def test_record_has_coded_bytes(coded):
     c = coded["huffman"]
     rec = next(v for k, v in c.records.items() if k.startswith("entropy-code"))
     assert rec["coded_bytes"] == {n: w.coded.nbytes for n, w in c.ir.weights.items()}
+
+
+def test_index_bits_auto_picks_the_smallest_width():
+    torch.manual_seed(0)
+    from dccomp.models import LeNet300100
+    from dccomp.passes.entropy_code import AUTO_INDEX_BITS
+
+    m = LeNet300100()
+    base = "prune{sparsity=0.95,scope=global},cluster{bits=4},huffman"
+    auto = dccomp.compile(m, base + "{index_bits=auto}", verify=True)
+    for b in AUTO_INDEX_BITS:
+        fixed = dccomp.compile(m, base + f"{{index_bits={b}}}")
+        for name, w in auto.ir.weights.items():
+            assert w.coded.nbytes <= fixed.ir.weights[name].coded.nbytes
+    chosen = {w.coded.index_bits for w in auto.ir.weights.values()}
+    assert chosen <= set(AUTO_INDEX_BITS)
+    with pytest.raises(dccomp.PassError, match="or 'auto'"):
+        dccomp.compile(m, base + "{index_bits=fast}")

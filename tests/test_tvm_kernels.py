@@ -1,5 +1,7 @@
 """TVM backend kernels (CSR + codebook sparse linear, dense fallback, im2col) and targets."""
 import pytest
+import shutil
+import subprocess
 
 tvm = pytest.importorskip("tvm")
 
@@ -131,3 +133,18 @@ def test_arm_cpu_kernel_exports_aarch64_elf(tmp_path):
     lib.export_library(str(path), cc="aarch64-linux-gnu-gcc")
     head = path.read_bytes()[:20]
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang (Debian package 'clang') not installed")
+def test_mali_opencl_source_compiles_with_clang(tmp_path):
+    """The generated OpenCL C is valid OpenCL 1.2: clang's OpenCL front end compiles it to LLVM IR."""
+    rng = np.random.default_rng(5)
+    csr, _ = _random_csr(rng, 64, 96, 0.2, 16)
+    ex, _ = K.build_sparse_linear(csr, batch=1, relu=True, target="mali", name="dcc_cl_fc")
+    src = [m for m in ex.mod.imports if m.kind == "opencl"][0].inspect_source("cl")
+    (tmp_path / "k.cl").write_text(src)
+    r = subprocess.run(["clang", "-x", "cl", "-cl-std=CL1.2", "-Xclang", "-finclude-default-header", "-Werror",
+                        "-emit-llvm", "-S", "-o", str(tmp_path / "k.ll"), str(tmp_path / "k.cl")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "dcc_cl_fc" in (tmp_path / "k.ll").read_text()
