@@ -80,7 +80,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
     out = a.out or f"{a.model}.dcc"
     print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
     r = run_demo(a.model, a.data, pipeline=a.pipeline, out=out, data_root=a.data_root, seed=a.seed,
-                 progress=not a.no_progress, dense_epochs=a.dense_epochs)
+                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir)
     if a.json:
         _print_json({k: v for k, v in r.items() if k != "ir"}, a.json)
         if a.json == "-":
@@ -111,7 +111,7 @@ def cmd_compress(a: argparse.Namespace) -> None:
 
     from . import compile, save
     from .data import DATASETS, get_dataset
-    from .instruments import Progress
+    from .instruments import DumpIR, Progress
     from .train import Trainer
 
     model = _load_user_model(a.model, a.data)
@@ -124,8 +124,9 @@ def cmd_compress(a: argparse.Namespace) -> None:
     elif a.input_shape:
         shape = tuple(int(s) for s in a.input_shape.split(","))
     ex = torch.zeros(1, *shape) if shape else None
+    instruments = ([] if a.no_progress else [Progress()]) + ([DumpIR(a.dump_ir)] if a.dump_ir else [])
     compiled = compile(model, a.pipeline, example_inputs=ex, trainer=trainer, verify=a.verify,
-                       instruments=[] if a.no_progress else [Progress()], seed=a.seed)
+                       instruments=instruments, seed=a.seed)
     nbytes = save(compiled, a.out)
     rep = compiled.report()
     if a.json:
@@ -241,6 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compress", help="compress a model: built-in name or module:Class + weights")
@@ -254,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", metavar="PATH")
     c.add_argument("--no-progress", action="store_true")
+    c.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
     c.set_defaults(func=cmd_compress)
 
     i = sub.add_parser("inspect", help="show a .dcc file's tensors and size table")

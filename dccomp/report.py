@@ -51,7 +51,7 @@ class SizeReport:
     total_bytes: int
     dense_fp32_bytes: int
     coder: str = ""
-    extra: dict = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)  # parameter -> why it was not (fully) compressed
 
     @property
     def ratio(self) -> float:
@@ -86,6 +86,8 @@ class SizeReport:
         lines.append("-" * 103)
         lines.append(f"{'total':<16}{sum(r.n_weights for r in self.rows):>10}{'':>8}{'':>8}{'':>8}{'':>9}{'':>9}"
                      f"{'':>9}{'':>8}{self.total_bytes:>9}{self.ratio:>7.1f}x")
+        for name, why in sorted(self.skipped.items()):
+            lines.append(f"skipped: {name}: {why}")
         lines.append(f"dense float32: {self.dense_fp32_bytes} bytes -> file: {self.total_bytes} bytes "
                      f"({self.ratio:.1f}x)")
         return "\n".join(lines)
@@ -95,7 +97,11 @@ def size_report(ir: IR) -> SizeReport:
     """Build the size table for ``ir``; ``total_bytes`` is the exact size of the file :func:`dccomp.save` writes."""
     plan = plan_file(ir)
     total = len(plan.to_bytes())
-    return report_from_manifest(plan.meta, {k: len(v) for k, v in plan.sections.items()}, total)
+    rep = report_from_manifest(plan.meta, {k: len(v) for k, v in plan.sections.items()}, total)
+    rep.skipped = dict(ir.skipped)
+    rep.skipped.update({d.name: f"stored raw: {d.reason}" for d in ir.dense
+                        if d.reason not in ("bias", "normalization")})
+    return rep
 
 
 def report_from_manifest(meta: dict, section_bytes: dict[str, int], total: int) -> SizeReport:

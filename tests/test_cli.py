@@ -96,3 +96,13 @@ def test_passes_lists_plugins(capsys):
     main(["passes"])
     out = capsys.readouterr().out
     assert "deep-compression" in out and "prune" in out and "backends: " in out
+
+
+def test_compress_dumps_ir_after_each_pass(tmp_path):
+    main(["compress", "lenet-300-100", "--input-shape", "1,28,28", "--pipeline",
+          "prune{sparsity=0.9},cluster{bits=4},huffman", "--out", str(tmp_path / "m.dcc"),
+          "--dump-ir", str(tmp_path / "ir"), "--no-progress", "--json", str(tmp_path / "r.json")])
+    files = sorted(p.name for p in (tmp_path / "ir").iterdir())
+    assert files == ["000_input.txt", "001_prune.txt", "002_cluster.txt", "003_huffman.txt"]
+    assert " dense " in (tmp_path / "ir" / "000_input.txt").read_text()
+    assert " coded " in (tmp_path / "ir" / "003_huffman.txt").read_text()
