@@ -196,8 +196,10 @@ class DccFile:
             raise KeyError(f"no tensor {name!r} in this file; it holds: {', '.join(self.names)}")
         return self._entries[name]
 
-    def decode(self, name: str) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """``(values, mask, codebook, indices)`` of a weight (mask/codebook/indices ``None`` when absent).
+    def decode(self, name: str, *, state: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """``(values, mask, codebook, indices)`` of a weight (mask/codebook/indices ``None`` when absent;
+        mask and indices also ``None`` with ``state=False``, which decodes only the values).
 
         Raises:
             FormatError: the entry or its streams are malformed.
@@ -218,13 +220,13 @@ class DccFile:
             if codebook.ndim != 1 or codebook.dtype.kind != "f" or not np.isfinite(codebook).all():
                 raise FormatError(f"{where}: codebook must be a finite 1-D float array")
             codebook = codebook.astype(np.float32)
-        values, mask, indices = decode_weight(name, shape, coded, codebook)
+        values, mask, indices = decode_weight(name, shape, coded, codebook, state=state)
         cb = None if codebook is None else torch.from_numpy(codebook)
         return values, mask, cb, indices
 
     def tensor(self, name: str) -> torch.Tensor:
         """The dense value of tensor ``name`` (decoded), in its stored dtype."""
-        values = self.decode(name)[0]
+        values = self.decode(name, state=False)[0]
         dt = self._entries[name].get("dtype")  # validated for weights; dense arrays keep their own dtype
         return values.to(_DT_TORCH[dt]) if isinstance(dt, str) and dt in _DT_TORCH and values.is_floating_point() else values
 
