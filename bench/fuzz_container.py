@@ -20,20 +20,21 @@ Exit status 1 if there was any failure. The test suite runs this module's :func:
 """
 from __future__ import annotations
 
-import argparse
-import collections
 import json
+import os
 import random
 import struct
 import sys
-import time
 import traceback
 import zlib
-from dataclasses import dataclass, field
 from typing import Callable
 
-from dccomp.container import HEADER_SIZE, MAGIC, container_bytes, read_container
-from dccomp.errors import FormatError
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fuzzlib import FuzzResult, Mutator, check_budget, run_cases  # noqa: E402  (the driver shared with fuzz_model_file)
+from fuzzlib import main as fuzz_main  # noqa: E402
+
+from dccomp.container import HEADER_SIZE, MAGIC, container_bytes, read_container  # noqa: E402
+from dccomp.errors import FormatError  # noqa: E402
 
 _HDR = struct.Struct("<8sHHIQI")
 
@@ -231,20 +232,6 @@ FIXED: dict[str, Callable[[random.Random, bytes], bytes]] = {
 
 # ------------------------------------------------------------------------------------------------ driver
 
-@dataclass
-class FuzzResult:
-    counts: collections.Counter = field(default_factory=collections.Counter)
-    per_mutator: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    failures: list = field(default_factory=list)  # (outcome, mutator, case seed, data, traceback)
-    iterations: int = 0
-    seconds: float = 0.0
-    slowest_s: float = 0.0
-
-    @property
-    def bad(self) -> int:
-        return sum(n for k, n in self.counts.items() if k in BAD_OUTCOMES or k.startswith("exception:"))
-
-
 def classify(original: bytes, mutated: bytes, fixed_crc: bool) -> tuple[str, str | None]:
     """Outcome of reading ``mutated``: (outcome, traceback or None)."""
     try:
@@ -266,60 +253,24 @@ def classify(original: bytes, mutated: bytes, fixed_crc: bool) -> tuple[str, str
 def run_fuzz(iterations: int | None = None, seconds: float | None = None, seed: int = 0,
              max_failures: int = 20) -> FuzzResult:
     """Run mutations until ``iterations`` cases or ``seconds`` elapsed (whichever first; at least one given)."""
-    if iterations is None and seconds is None:
-        raise ValueError("give iterations or seconds")
+    check_budget(iterations, seconds)
     full = sample_container()
     bare = container_bytes({}, {})  # zero sections: a second, degenerate target
     mutators = list(RAW.items()) * 3 + list(FIXED.items())  # 8*3 raw : 3 fixed
     bare_mutators = list(RAW.items()) + [("fixed:manifest_bytes", f_manifest_bytes)]
-    res = FuzzResult()
-    t0 = time.perf_counter()
-    i = 0
-    while (iterations is None or i < iterations) and (seconds is None or time.perf_counter() - t0 < seconds):
-        case_seed = seed * 1_000_003 + i
-        rng = random.Random(case_seed)
+
+    def pick(rng: random.Random) -> tuple[bytes, str, Mutator]:
         if rng.random() < 0.9:
-            original = full
-            name, fn = rng.choice(mutators)
-        else:
-            original = bare
-            name, fn = rng.choice(bare_mutators)
-        mutated = fn(rng, original)
-        t = time.perf_counter()
-        outcome, tb = classify(original, mutated, name.startswith("fixed:"))
-        res.slowest_s = max(res.slowest_s, time.perf_counter() - t)
-        res.counts[outcome] += 1
-        res.per_mutator[name][outcome] += 1
-        if (outcome in BAD_OUTCOMES or outcome.startswith("exception:")) and len(res.failures) < max_failures:
-            res.failures.append((outcome, name, case_seed, mutated, tb))
-        i += 1
-    res.iterations = i
-    res.seconds = time.perf_counter() - t0
-    return res
+            return (full, *rng.choice(mutators))
+        return (bare, *rng.choice(bare_mutators))
+
+    return run_cases(pick, classify, BAD_OUTCOMES, iterations, seconds, seed, max_failures)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=30.0, help="time budget (default 30)")
-    ap.add_argument("--iterations", type=int, default=None, help="stop after this many cases")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    res = run_fuzz(args.iterations, None if args.iterations else args.seconds, args.seed)
-    print(f"{res.iterations} cases in {res.seconds:.1f} s ({res.iterations / max(res.seconds, 1e-9):.0f}/s), "
-          f"slowest read {res.slowest_s * 1e3:.2f} ms")
-    print("outcomes:")
-    for k, n in res.counts.most_common():
-        print(f"  {k:30s} {n}")
-    print("per mutator:")
-    for name in sorted(res.per_mutator):
-        print(f"  {name:24s} " + ", ".join(f"{k}={n}" for k, n in res.per_mutator[name].most_common()))
-    for outcome, name, case_seed, data, tb in res.failures:
-        print(f"\nFAILURE {outcome} from {name} (case seed {case_seed}); reproduce with:")
-        print(f"  python -c \"from dccomp.container import read_container; read_container(bytes.fromhex('{data.hex()}'))\"")
-        if tb:
-            print(tb)
-    print(f"\n{'FAIL' if res.bad else 'OK'}: {res.bad} bad outcomes")
-    return 1 if res.bad else 0
+    return fuzz_main(argv, __doc__, run_fuzz, slowest="read", outcome_width=30, mutator_width=24,
+                     reproducer=lambda data: "python -c \"from dccomp.container import read_container; "
+                                             f"read_container(bytes.fromhex('{data.hex()}'))\"")
 
 
 if __name__ == "__main__":

@@ -26,15 +26,11 @@ The test suite (tests/test_model_file_fuzz.py) runs :func:`run_fuzz` for 10,000 
 """
 from __future__ import annotations
 
-import argparse
-import collections
 import copy
 import os
 import random
 import sys
-import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
@@ -42,6 +38,8 @@ from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fuzz_container import RAW  # noqa: E402  (raw byte-level mutators, CRCs left stale)
+from fuzzlib import FuzzResult, Mutator, check_budget, run_cases  # noqa: E402  (the shared fuzz driver)
+from fuzzlib import main as fuzz_main  # noqa: E402
 
 import dccomp  # noqa: E402
 from dccomp.container import container_bytes, read_container  # noqa: E402
@@ -188,20 +186,6 @@ FIXED: dict[str, Callable[[random.Random, bytes], bytes]] = {
 
 # ------------------------------------------------------------------------------------------------ driver
 
-@dataclass
-class FuzzResult:
-    counts: collections.Counter = field(default_factory=collections.Counter)
-    per_mutator: dict = field(default_factory=lambda: collections.defaultdict(collections.Counter))
-    failures: list = field(default_factory=list)  # (outcome, mutator, case seed, data, traceback)
-    iterations: int = 0
-    seconds: float = 0.0
-    slowest_s: float = 0.0
-
-    @property
-    def bad(self) -> int:
-        return sum(n for k, n in self.counts.items() if k in BAD_OUTCOMES or k.startswith("exception:"))
-
-
 def classify(original: bytes, mutated: bytes, fixed_crc: bool, model: nn.Module) -> tuple[str, str | None]:
     """Outcome of loading ``mutated``: (outcome, traceback or None)."""
     stage = "decode"
@@ -244,55 +228,23 @@ def classify(original: bytes, mutated: bytes, fixed_crc: bool, model: nn.Module)
 def run_fuzz(iterations: int | None = None, seconds: float | None = None, seed: int = 0,
              max_failures: int = 20) -> FuzzResult:
     """Run mutations until ``iterations`` cases or ``seconds`` elapsed (whichever first; at least one given)."""
-    if iterations is None and seconds is None:
-        raise ValueError("give iterations or seconds")
+    check_budget(iterations, seconds)
     targets = sample_files()
     model = make_model()
     mutators = list(RAW.items()) * 2 + list(FIXED.items()) * 2  # 16 raw : 6 model-level
-    res = FuzzResult()
-    t0 = time.perf_counter()
-    i = 0
-    while (iterations is None or i < iterations) and (seconds is None or time.perf_counter() - t0 < seconds):
-        case_seed = seed * 1_000_003 + i
-        rng = random.Random(case_seed)
+
+    def pick(rng: random.Random) -> tuple[bytes, str, Mutator]:
         original = targets[0] if rng.random() < 0.7 else rng.choice(targets[1:])
-        name, fn = rng.choice(mutators)
-        mutated = fn(rng, original)
-        t = time.perf_counter()
-        outcome, tb = classify(original, mutated, name.startswith("fixed:"), model)
-        res.slowest_s = max(res.slowest_s, time.perf_counter() - t)
-        res.counts[outcome] += 1
-        res.per_mutator[name][outcome] += 1
-        if (outcome in BAD_OUTCOMES or outcome.startswith("exception:")) and len(res.failures) < max_failures:
-            res.failures.append((outcome, name, case_seed, mutated, tb))
-        i += 1
-    res.iterations = i
-    res.seconds = time.perf_counter() - t0
-    return res
+        return (original, *rng.choice(mutators))
+
+    return run_cases(pick, lambda original, mutated, fixed_crc: classify(original, mutated, fixed_crc, model),
+                     BAD_OUTCOMES, iterations, seconds, seed, max_failures)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=30.0, help="time budget (default 30)")
-    ap.add_argument("--iterations", type=int, default=None, help="stop after this many cases")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    res = run_fuzz(args.iterations, None if args.iterations else args.seconds, args.seed)
-    print(f"{res.iterations} cases in {res.seconds:.1f} s ({res.iterations / max(res.seconds, 1e-9):.0f}/s), "
-          f"slowest case {res.slowest_s * 1e3:.2f} ms")
-    print("outcomes:")
-    for k, n in res.counts.most_common():
-        print(f"  {k:36s} {n}")
-    print("per mutator:")
-    for name in sorted(res.per_mutator):
-        print(f"  {name:18s} " + ", ".join(f"{k}={n}" for k, n in res.per_mutator[name].most_common()))
-    for outcome, name, case_seed, data, tb in res.failures:
-        print(f"\nFAILURE {outcome} from {name} (case seed {case_seed}); reproduce with:")
-        print(f"  python -c \"import dccomp; f = dccomp.load(bytes.fromhex('{data.hex()}')); f.state_dict()\"")
-        if tb:
-            print(tb)
-    print(f"\n{'FAIL' if res.bad else 'OK'}: {res.bad} bad outcomes")
-    return 1 if res.bad else 0
+    return fuzz_main(argv, __doc__, run_fuzz, slowest="case", outcome_width=36, mutator_width=18,
+                     reproducer=lambda data: "python -c \"import dccomp; "
+                                             f"f = dccomp.load(bytes.fromhex('{data.hex()}')); f.state_dict()\"")
 
 
 if __name__ == "__main__":

@@ -9,20 +9,9 @@ import torch
 from torch import nn
 
 import dccomp
-import dccomp.models
 from dccomp.coding.sparse import encode_positions
 from dccomp.format import plan_file
-
-
-def laplace_mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    m = dccomp.models.LeNet300100()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            u = torch.rand(p.shape, generator=g) - 0.5
-            p.copy_(-0.05 * torch.sign(u) * torch.log1p(-2 * u.abs()))
-    return m
+from helpers import laplace_mlp
 
 
 def entropy_bits(symbols: np.ndarray) -> float:

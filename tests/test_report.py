@@ -14,22 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import dccomp
-import dccomp.models
 from dccomp.container import read_container
 from dccomp.format import plan_file
 from dccomp.report import report_from_manifest, size_report
-
-
-def laplace_mlp(seed: int = 0) -> nn.Module:
-    """LeNet-300-100 with Laplace-distributed weights (trained nets look like this): skewed cluster usage."""
-    torch.manual_seed(seed)
-    m = dccomp.models.LeNet300100()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.parameters():
-            u = torch.rand(p.shape, generator=g) - 0.5
-            p.copy_(-0.05 * torch.sign(u) * torch.log1p(-2 * u.abs()))
-    return m
+from helpers import laplace_mlp
 
 
 @pytest.fixture(scope="module")
