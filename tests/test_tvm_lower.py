@@ -9,6 +9,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import dccomp  # noqa: E402
+from dccomp.models import LeNet300100  # noqa: E402
 from dccomp.trace import trace  # noqa: E402
 from dccomp.backends.tvm import TVMBackend  # noqa: E402
 from dccomp.backends.tvm.lower import device_source  # noqa: E402
@@ -179,3 +181,16 @@ def test_real_pipeline_prune_cluster(make):
     assert any(layer.kind == "sparse_linear" for layer in m.layers)
     with torch.no_grad():
         assert _rel(m(x), ir.gm(x)) <= 1e-5
+
+
+def test_outputs_are_not_overwritten_by_later_calls():
+    """Inputs and outputs cross the torch/TVM boundary zero-copy (DLPack): each call must own its output."""
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(1, 1, 28, 28), torch.randn(1, 1, 28, 28)
+    c = dccomp.compile(LeNet300100(), "prune{sparsity=0.9},cluster{bits=4}", example_inputs=x1)
+    t = dccomp.compile(c, backend="tvm", example_inputs=x1)
+    y1 = t(x1)
+    kept = y1.clone()
+    y2 = t(x2)
+    assert torch.equal(y1, kept) and not torch.equal(y1, y2)
+    torch.testing.assert_close(y2, c(x2), rtol=1e-5, atol=1e-6)

