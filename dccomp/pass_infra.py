@@ -16,7 +16,7 @@ from .ir import IR, State, Weight
 if TYPE_CHECKING:
     from .train import Trainer
 
-__all__ = ["Pass", "PassResult", "PassContext", "select_value"]
+__all__ = ["Pass", "PassResult", "PassContext", "select_value", "validate_selectors", "selector_problem"]
 
 
 @dataclass
@@ -115,3 +115,43 @@ def select_value(w: Weight, layers: dict[str, Any] | None, default: Any) -> Any:
         if rx.fullmatch(w.name) or rx.fullmatch(module) or rx.fullmatch(w.kind):
             return value
     return default
+
+
+def validate_selectors(layers: Any, exclude: Any = None) -> None:
+    """Check the types of a pass's ``layers`` (``{regex: value}``) and ``exclude`` (one regex) options.
+
+    Raises:
+        ValueError: not a mapping / not a string / not a valid regular expression, with an example.
+    """
+    if not isinstance(layers, dict):
+        raise ValueError(f"layers must be a mapping {{regex: value}}, e.g. layers={{\"fc1\":0.95}}; got {layers!r}")
+    for key in layers:
+        if not isinstance(key, str):
+            raise ValueError(f"layers keys must be regular-expression strings, got {key!r}")
+        try:
+            re.compile(key)
+        except re.error as e:
+            raise ValueError(f"layer pattern {key!r} is not a valid regular expression: {e}") from None
+    if exclude is not None:
+        if not isinstance(exclude, str):
+            raise ValueError(f"exclude must be one regular expression, e.g. exclude=\"conv1|fc3\"; got {exclude!r}")
+        try:
+            re.compile(exclude)
+        except re.error as e:
+            raise ValueError(f"exclude {exclude!r} is not a valid regular expression: {e}") from None
+
+
+def selector_problem(ir: IR, layers: dict[str, Any], exclude: str | None = None) -> str | None:
+    """A message if a ``layers`` key or ``exclude`` matches no weight of ``ir`` (a typo would silently do
+    nothing), else ``None``. Patterns that name a layer kind (``linear``, ``conv.*``...) are rules by layer type,
+    as generic pipelines use them, and may match nothing in a given model."""
+    from .trace import LAYER_KINDS
+
+    names = ", ".join(ir.weights) or "none"
+    for pattern in list(layers) + ([exclude] if exclude else []):
+        if any(re.fullmatch(pattern, kind) for kind in LAYER_KINDS):
+            continue
+        if not any(select_value(w, {pattern: True}, False) for w in ir.weights.values()):
+            return (f"layer pattern {pattern!r} matches no compressible weight (patterns fully match a weight name, "
+                    f"module name or layer kind); the weights are: {names}")
+    return None

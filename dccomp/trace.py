@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 from .errors import TracingError
 from .ir import IR, DenseParam, Op, Weight
 
-__all__ = ["trace", "COMPRESSIBLE_MODULES"]
+__all__ = ["trace", "COMPRESSIBLE_MODULES", "LAYER_KINDS"]
 
 #: module class -> layer kind of its ``weight``.
 COMPRESSIBLE_MODULES: dict[type, str] = {
@@ -32,6 +32,9 @@ COMPRESSIBLE_MODULES: dict[type, str] = {
     nn.Embedding: "embedding",
     nn.EmbeddingBag: "embedding",
 }
+
+#: every layer kind a compressible weight can have.
+LAYER_KINDS: frozenset[str] = frozenset(COMPRESSIBLE_MODULES.values())
 
 #: functional op -> (layer kind, position of the weight argument).
 _FUNCTIONAL: dict[Any, tuple[str, int]] = {

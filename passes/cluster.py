@@ -10,7 +10,7 @@ import torch
 
 from dccomp.ir import IR, State, Weight
 from dccomp.kmeans import kmeans_1d
-from dccomp.pass_infra import Pass, PassContext, PassResult, select_value
+from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
 
 __all__ = ["Cluster", "cluster_weight", "default_bits"]
 
@@ -65,11 +65,15 @@ class Cluster(Pass):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        validate_selectors(self.layers, self.exclude)
         for b in ([self.bits] if self.bits is not None else []) + list(self.layers.values()):
             if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16:
                 raise ValueError(f"bits must be an integer in [1, 16], got {b!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+
+    def check(self, ir: IR) -> str | None:
+        return selector_problem(ir, self.layers, self.exclude) or super().check(ir)
 
     def run(self, ir: IR, ctx: PassContext) -> PassResult:
         for i, w in enumerate(ir.weights.values()):

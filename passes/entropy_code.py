@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from dccomp.ir import IR, State
-from dccomp.pass_infra import Pass, PassContext, PassResult, select_value
+from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
 from dccomp.wcodec import ALL_CODERS, code_weight, default_index_bits
 
 __all__ = ["EntropyCode", "Huffman", "Ans", "AUTO_INDEX_BITS"]
@@ -40,6 +40,7 @@ class EntropyCode(Pass):
     codebook_dtype: str = "float32"
 
     def __post_init__(self) -> None:
+        validate_selectors(self.layers)
         if self.coder not in ALL_CODERS:
             raise ValueError(f"coder must be one of {', '.join(ALL_CODERS)}, got {self.coder!r}")
         for b in ([self.index_bits] if self.index_bits is not None else []) + list(self.layers.values()):
@@ -49,6 +50,9 @@ class EntropyCode(Pass):
             raise ValueError(f"codebook_dtype must be float32 or float16, got {self.codebook_dtype!r}")
 
     def check(self, ir: IR) -> str | None:
+        problem = selector_problem(ir, self.layers)
+        if problem:
+            return problem
         for w in ir.weights.values():
             if w.name not in ir.skipped and w.state < State.CLUSTERED:
                 return (f"'{self.name}' codes cluster indices, but {w.name!r} is {w.state}; run cluster first "

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dccomp.ir import IR, State, Weight
-from dccomp.pass_infra import Pass, PassContext, PassResult, select_value
+from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
 
 __all__ = ["Prune", "prune_weight", "agp_schedule"]
 
@@ -86,6 +86,7 @@ class Prune(Pass):
     weight_decay: float = 1e-4
 
     def __post_init__(self) -> None:
+        validate_selectors(self.layers, self.exclude)
         if (self.sparsity is None) == (self.quality is None) and not self.layers:
             raise ValueError("give exactly one of sparsity= (fraction removed, 0..1) or quality= "
                              "(threshold = quality x std)")
@@ -110,6 +111,9 @@ class Prune(Pass):
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
 
     def check(self, ir: IR) -> str | None:
+        problem = selector_problem(ir, self.layers, self.exclude)
+        if problem:
+            return problem
         for w in ir.weights.values():
             if w.state >= State.CLUSTERED and self._selected(w):
                 return (f"weight {w.name!r} is already {w.state}; prune before cluster (pruning a clustered "

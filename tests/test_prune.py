@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -207,5 +208,28 @@ def test_option_errors_from_pipeline_text(text, match):
 
 
 def test_bad_layer_regex_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a valid regular expression"):  # refused when the pass is built
+        Prune(sparsity=0.5, layers={"fc(": 0.3})
     with pytest.raises(dccomp.PassError, match="not a valid regular expression"):
-        _run(_model(0, 4, False), [Prune(sparsity=0.5, layers={"fc(": 0.3})])
+        dccomp.parse_pipeline('prune{sparsity=0.5,layers={"fc(":0.3}}')
+
+
+@pytest.mark.parametrize("text, msg", [
+    ('prune{layers={"fc9":0.95}}', "'fc9' matches no compressible weight"),
+    ('prune{sparsity=0.5,exclude="nope"}', "'nope' matches no compressible weight"),
+    ('prune{sparsity=0.5},cluster{layers={"fc9":3}}', "'fc9' matches no compressible weight"),
+    ('cluster{bits=4,layers=["fc1"]}', "layers must be a mapping"),
+    ('prune{sparsity=0.5,exclude=["fc1"]}', "exclude must be one regular expression"),
+])
+def test_layer_selectors_that_do_nothing_are_errors(text, msg):
+    with pytest.raises(dccomp.PassError, match=re.escape(msg)):
+        dccomp.compile(_model(0, 4, False), text)
+
+
+def test_kind_rules_may_match_nothing():
+    # a generic pipeline's per-kind rule (conv.*) is fine on a model without convolutions
+    from dccomp.models import LeNet300100
+
+    c = dccomp.compile(LeNet300100(), 'prune{sparsity=0.5},cluster{bits=3,layers={"conv.*":8}}')
+    assert {w.kind for w in c.ir.weights.values()} == {"linear"}
+    assert all(w.bits <= 3 for w in c.ir.weights.values())
