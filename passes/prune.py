@@ -19,13 +19,15 @@ def agp_schedule(initial: float, final: float, steps: int) -> list[float]:
 
 
 def _keep_largest(p: torch.Tensor, mask: torch.Tensor, n_keep: int) -> torch.Tensor:
-    """Mask keeping exactly the ``n_keep`` largest |w| among surviving entries (ties: lower flat index)."""
+    """Mask keeping the ``n_keep`` largest |w| among surviving entries (ties: lower flat index). Entries that are
+    exactly zero are never kept (storing them would cost index and code bits for nothing), so the density can
+    end below the target when the weight already holds zeros (e.g. a model restored from a ``.dcc`` file)."""
     mag = p.detach().abs().flatten().double()
     mag[~mask.flatten()] = -1.0  # already pruned: removed first
     order = torch.argsort(mag, descending=True, stable=True)
     new = torch.zeros(p.numel(), dtype=torch.bool)
     new[order[:n_keep]] = True
-    return new.view_as(mask) & mask
+    return new.view_as(mask) & mask & (p.detach() != 0)
 
 
 def prune_weight(p: torch.Tensor, mask: torch.Tensor | None, *, sparsity: float | None = None,
