@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,10 @@ def _load_user_model(spec: str, data: str | None) -> Any:
         cls = getattr(importlib.import_module(mod_name), cls_name)
     except (ImportError, AttributeError) as e:
         _fail(f"cannot import {spec!r}: {e}")
+    import torch
+
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        _fail(f"{spec} is not a torch.nn.Module subclass; give 'module:Class' of your model's class")
     try:
         return cls()
     except TypeError as e:
@@ -54,16 +59,58 @@ def _load_weights(model: Any, path: str | None) -> None:
     if path.endswith(".dcc"):
         load(path, model)
         return
+    import warnings
+
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")  # never unpickle arbitrary objects
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, weights_only=True, map_location="cpu")  # never unpickle arbitrary objects
     except Exception as e:
-        _fail(f"cannot read weights {path!r} as a state_dict (torch.load weights_only=True): {e}")
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _fail(f"cannot read {path!r} as a state_dict: {first}. dccomp reads only tensors (torch.load with "
+              "weights_only=True, never arbitrary pickled objects): save the weights with "
+              "torch.save(model.state_dict(), path), or pass a .dcc file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError) as e:
         _fail(f"weights {path!r} do not fit the model: {str(e).splitlines()[0]}")
+
+
+def _check_out(path: str) -> None:
+    """Fail before any work if ``path`` cannot be written (a directory, a missing or unwritable folder)."""
+    p = Path(path)
+    if p.is_dir() or str(path).endswith(os.sep):
+        _fail(f"--out {path!r} is a directory; give a file path such as {os.path.join(path, 'model.dcc')}")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        _fail(f"--out {path!r}: folder {str(parent)!r} does not exist; create it first")
+    if not os.access(parent, os.W_OK):
+        _fail(f"--out {path!r}: folder {str(parent)!r} is not writable")
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    """argparse type for --input-shape: comma-separated positive ints, at most 10 M elements per example."""
+    try:
+        dims = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers, e.g. 1,28,28") from None
+    if not dims or any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be >= 1")
+    if math.prod(dims) > 10_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} has {math.prod(dims)} elements per example; the limit is 10 M")
+    return dims
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return v
 
 
 def _print_json(obj: Any, path: str | None) -> None:
@@ -78,9 +125,10 @@ def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     out = a.out or f"{a.model}.dcc"
+    _check_out(out)
     print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
     r = run_demo(a.model, a.data, pipeline=a.pipeline, out=out, data_root=a.data_root, seed=a.seed,
-                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir)
+                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir, log=True)
     if a.json:
         _print_json({k: v for k, v in r.items() if k != "ir"}, a.json)
         if a.json == "-":
@@ -111,9 +159,12 @@ def cmd_compress(a: argparse.Namespace) -> None:
 
     from . import compile, save
     from .data import DATASETS, get_dataset
-    from .instruments import DumpIR, Progress
+    from .instruments import DumpIR, Progress, StageLog
     from .train import Trainer
 
+    _check_out(a.out)
+    if a.data and a.input_shape:
+        _fail("give --data (its examples fix the input shape) or --input-shape, not both")
     model = _load_user_model(a.model, a.data)
     _load_weights(model, a.weights)
     trainer = None
@@ -122,9 +173,9 @@ def cmd_compress(a: argparse.Namespace) -> None:
         trainer = Trainer(get_dataset(a.data, "train", a.data_root), get_dataset(a.data, "test", a.data_root))
         shape = DATASETS[a.data].input_shape
     elif a.input_shape:
-        shape = tuple(int(s) for s in a.input_shape.split(","))
+        shape = a.input_shape
     ex = torch.zeros(1, *shape) if shape else None
-    instruments = ([] if a.no_progress else [Progress()]) + ([DumpIR(a.dump_ir)] if a.dump_ir else [])
+    instruments = ([] if a.no_progress else [Progress()]) + ([DumpIR(a.dump_ir)] if a.dump_ir else []) + [StageLog()]
     compiled = compile(model, a.pipeline, example_inputs=ex, trainer=trainer, verify=a.verify,
                        instruments=instruments, seed=a.seed)
     nbytes = save(compiled, a.out)
@@ -238,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(d, default="fashion-mnist")
     d.add_argument("--pipeline", default="deep-compression", help="pipeline text or a named pipeline")
     d.add_argument("--out", help="output .dcc file (default: MODEL.dcc)")
-    d.add_argument("--dense-epochs", type=int, help="epochs for the dense baseline (default 10)")
+    d.add_argument("--dense-epochs", type=_positive, help="epochs for the dense baseline (default 10)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
     d.add_argument("--no-progress", action="store_true")
@@ -249,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="lenet-300-100, lenet-5 or module:Class")
     c.add_argument("--weights", help="state_dict file (.pt, loaded with weights_only=True) or .dcc")
     data_args(c)
-    c.add_argument("--input-shape", help="per-example input shape, e.g. 1,28,28 (when no --data)")
+    c.add_argument("--input-shape", type=_shape, help="per-example input shape, e.g. 1,28,28 (when no --data)")
     c.add_argument("--pipeline", required=True)
     c.add_argument("--out", required=True)
     c.add_argument("--verify", action="store_true")
@@ -276,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True)
     b.add_argument("--target", default="llvm", help="llvm, arm_cpu, cuda, mali")
     b.add_argument("--out", required=True, help="output folder")
-    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--batch", type=_positive, default=1)
     data_args(b, default="fashion-mnist")
     b.set_defaults(func=cmd_build)
 
@@ -299,6 +350,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"{type(e).__name__}: {e}")
     except ImportError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        print("dccomp: interrupted (no file was left half-written)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

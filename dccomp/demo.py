@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from torch import nn
 from .compiler import compile
 from .data import DATASETS, get_dataset
 from .format import load, save
-from .instruments import DumpIR, Progress, SizeTracker, Timing
+from .instruments import DumpIR, Progress, SizeTracker, StageLog, Timing
 from .models import build_model
 from .train import Trainer
 
@@ -62,13 +63,14 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
 def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, pipeline: str = "deep-compression",
              out: str | os.PathLike = "lenet-300-100.dcc", data_root: str | None = None, seed: int = 0,
              progress: bool = True, dense_epochs: int | None = None, verify: bool = True,
-             dump_ir: str | os.PathLike | None = None) -> dict[str, Any]:
+             dump_ir: str | os.PathLike | None = None, log: bool = False) -> dict[str, Any]:
     """Run the whole Deep Compression job and return its measurements.
 
     Returns:
         dict with ``dense_accuracy``, ``compressed_accuracy`` (in memory), ``reloaded_accuracy`` (from the file),
         ``file_bytes``, ``ratio``, ``report`` (SizeReport), ``stages`` (file size after each pass), ``timing``,
-        ``records`` (per-pass measurements), ``out`` (path). ``dump_ir``: folder for the IR text after each pass.
+        ``records`` (per-pass measurements), ``out`` (path). ``dump_ir``: folder for the IR text after each
+        pass; ``log``: one line per pass on stderr.
 
     Raises:
         DatasetNotFoundError: the data set is not installed (message gives the install command).
@@ -79,12 +81,16 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     trainer = Trainer(train, test, batch_size=DENSE_RECIPE["batch_size"])
     bar = Progress()
     t0 = time.perf_counter()
+    if log:
+        print(f"[dccomp] dense baseline {model_name} on {data}: loading from the cache or training "
+              f"({dense_epochs or DENSE_RECIPE['epochs']} epochs)", file=sys.stderr, flush=True)
     dense, cached = dense_baseline(model_name, data, trainer, seed=seed, epochs=dense_epochs,
                                    progress=bar.progress if progress else None)
     dense_acc = trainer.evaluate(dense)["accuracy"]
     t_dense = time.perf_counter() - t0
     sizes, timing = SizeTracker(), Timing()
     instruments = [sizes, timing] + ([bar] if progress else []) + ([DumpIR(dump_ir)] if dump_ir else [])
+    instruments += [StageLog()] if log else []
     compiled = compile(dense, pipeline, example_inputs=torch.zeros(1, *info.input_shape), trainer=trainer,
                        verify=verify, instruments=instruments, seed=seed)
     comp_acc = trainer.evaluate(compiled)["accuracy"]

@@ -112,11 +112,19 @@ def save(compiled: Any, path: str | os.PathLike) -> int:
         the file size in bytes (what :meth:`CompiledModel.report` totals).
 
     Raises:
-        TypeError: ``compiled`` is neither. OSError: the folder is not writable.
+        TypeError: ``compiled`` is neither. IsADirectoryError: ``path`` is a folder. FileNotFoundError: its
+        folder does not exist. OSError: the folder is not writable.
     """
     ir = compiled if isinstance(compiled, IR) else getattr(compiled, "ir", None)
     if not isinstance(ir, IR):
         raise TypeError(f"dccomp.save needs a CompiledModel or IR, got {type(compiled).__name__}")
+    target = os.fspath(path)
+    if os.path.isdir(target):
+        raise IsADirectoryError(f"{target!r} is a directory; give a file path such as "
+                                f"{os.path.join(target, 'model.dcc')!r}")
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {target!r}: folder {folder!r} does not exist")
     plan = plan_file(ir)
     return write_container(path, plan.meta, plan.sections, compress_manifest=True)
 
@@ -258,6 +266,9 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
             inconsistent counts, absurd sizes).
         ValueError: the file's tensors do not match ``model``'s (names or shapes), naming the difference.
     """
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an instance of the compressed architecture (an nn.Module), got "
+                        f"{type(model).__name__}; or call dccomp.load(path) to read the file without it")
     f = DccFile(read_container(path))
     if model is None:
         return f

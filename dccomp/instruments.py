@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Timing", "DumpIR", "SizeTracker", "Progress"]
+__all__ = ["Timing", "DumpIR", "SizeTracker", "Progress", "StageLog"]
 
 
 class Timing:
@@ -63,7 +63,8 @@ class Progress:
     """tqdm progress bars for passes that iterate (retraining epochs)."""
 
     def __init__(self, **tqdm_kwargs: Any):
-        self.kwargs = {"leave": False, "dynamic_ncols": True, **tqdm_kwargs}
+        # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI)
+        self.kwargs = {"leave": False, "dynamic_ncols": True, "disable": None, **tqdm_kwargs}
         self.current = ""
 
     def run_before_pass(self, p, ir, ctx) -> None:
@@ -73,3 +74,21 @@ class Progress:
         from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=f"{self.current} {desc}".strip(), **self.kwargs)
+
+
+class StageLog:
+    """One line per pass on ``stream`` (stderr by default): which pass starts, and when it ends, its seconds and
+    what it recorded (e.g. accuracy). For command-line runs without progress bars."""
+
+    def __init__(self, stream=None):
+        import sys
+
+        self.stream = stream or sys.stderr
+
+    def run_before_pass(self, p, ir, ctx) -> None:
+        print(f"[dccomp] {ctx.current}: {p} ...", file=self.stream, flush=True)
+
+    def run_after_pass(self, p, ir, ctx, seconds: float) -> None:
+        rec = ctx.records.get(ctx.current, {})
+        acc = f", eval accuracy {100 * rec['eval_accuracy']:.2f}%" if "eval_accuracy" in rec else ""
+        print(f"[dccomp] {ctx.current}: done in {seconds:.1f} s{acc}", file=self.stream, flush=True)

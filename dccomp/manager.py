@@ -23,6 +23,9 @@ def resolve_passes(passes: str | Pass | Sequence[Pass | str]) -> list[Pass]:
         return parse_pipeline(passes)
     if isinstance(passes, Pass):
         return [passes]
+    if not isinstance(passes, (list, tuple)):
+        raise TypeError("passes must be a pipeline string (e.g. 'prune{sparsity=0.9},cluster{bits=5},huffman'), "
+                        f"a dccomp.Pass, or a list of them; got {type(passes).__name__}")
     out: list[Pass] = []
     for p in passes:
         if isinstance(p, str):

@@ -135,7 +135,7 @@ def _report(meta: dict, section_bytes: dict[str, int], total: int) -> SizeReport
             raise ValueError(f"tensor {name!r}: bad counts n={n!r}, nnz={nnz!r}")
         secs = {s: section_bytes[f"{name}/{s}"] for s in e["streams"]}
         cb = section_bytes.get(f"{name}/codebook", 0)
-        entropy = e["coder"] != "fixed"
+        entropy = e["coder"] != "fixed" or "fallback_from" in m  # entropy-code pass ran (fixed won on a tiny layer)
         wq = float(e["bits"]) if "bits" in e else 32.0
         wqh = (8 * secs["codes"] / nnz if nnz else 0.0) if "codes" in secs and entropy else None
         n_gap = int(m["gaps"]["n"]) if "gaps" in m else 0

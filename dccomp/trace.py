@@ -5,7 +5,9 @@ parameters feed which op, layer order, parameters shared by several ops).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import traceback
 from typing import Any, Iterable, Sequence
 
@@ -229,11 +231,17 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tenso
             example_inputs = (example_inputs,)
         shapes = [tuple(t.shape) for t in example_inputs]
         try:
-            with torch.no_grad():
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints tracebacks
                 ShapeProp(gm).propagate(*example_inputs)
-        except Exception as e:  # a wrong example input is the user's error: say so
-            raise TracingError(f"running the traced {type(model).__name__} on example_inputs with shapes "
-                               f"{shapes} failed: {e}. Pass inputs the model accepts.") from e
+        except Exception as e:  # a wrong example input is the user's error: say so, with the root cause only
+            root = e
+            while root.__cause__ is not None:
+                root = root.__cause__
+            lines = [ln for ln in str(root).splitlines() if ln.strip()]
+            why = lines[-1].strip() if lines else type(root).__name__
+            raise TracingError(f"running {type(model).__name__} on example_inputs of shape "
+                               f"{', '.join(str(list(s)) for s in shapes)} failed: {why}. "
+                               "Pass inputs the model accepts (for the CLI: --input-shape or --data).") from e
     ir = build_ir(gm, type(model).__name__)
     ir.input_shapes = shapes
     return ir

@@ -23,6 +23,9 @@ class EntropyCode(Pass):
     ``coder`` (``huffman``: canonical Huffman, code lengths capped at 16 bits, §4; ``ans``: rANS at the entropy
     bound; ``fixed``: no entropy coding, the paper's P+Q size).
 
+    A layer whose entropy-coded streams would be larger than fixed-width ones (tiny layers, where the code
+    tables cost more than they save) is stored with the ``fixed`` coder instead: never worse than P+Q.
+
     Contract: needs every weight clustered (weights a previous pass skipped stay as they are and are stored raw);
     changes no weight value except with ``codebook_dtype=float16``, which rounds the codebook to float16 first
     so the stored file decodes to exactly the IR's weights. Must be the last pass that changes weights.
@@ -79,6 +82,11 @@ class EntropyCode(Pass):
                 w.coded = min(tries, key=lambda c: c.nbytes) if tries else code_weight(p, w, self.coder, 8)
             else:
                 w.coded = code_weight(p, w, self.coder, int(bits))
+            if self.coder != "fixed":  # never larger than fixed width (tiny layers: the code tables cost more)
+                fixed = code_weight(p, w, "fixed", w.coded.index_bits)
+                if fixed.nbytes < w.coded.nbytes:
+                    fixed.meta["fallback_from"] = self.coder
+                    w.coded = fixed
             w.coded.meta["codebook_dtype"] = self.codebook_dtype
         ctx.record(coded_bytes={w.name: w.coded.nbytes for w in ir.weights.values() if w.coded is not None})
         return PassResult(ir, True)

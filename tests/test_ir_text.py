@@ -12,7 +12,7 @@ GOLDEN = Path(__file__).parent / "golden"
 X = torch.zeros(1, 1, 28, 28)
 CASES = {
     "lenet300100_dense": (LeNet300100, ""),
-    "lenet300100_pruned": (LeNet300100, 'prune{sparsity=0.9,layers={"conv1":0.5}}'),
+    "lenet300100_pruned": (LeNet300100, 'prune{sparsity=0.9,layers={"fc3":0.5}}'),
     "lenet300100_coded": (LeNet300100, "prune{sparsity=0.9},cluster{bits=5},huffman"),
     "lenet5_dense": (LeNet5, ""),
     "lenet5_pruned": (LeNet5, 'prune{sparsity=0.9,layers={"conv1":0.5}}'),

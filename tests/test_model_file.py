@@ -127,7 +127,9 @@ def test_round_trip_bit_exact(tmp_path, cfg):
     c = dccomp.compile(model, pipeline, seed=cfg["seed"])
     wt = c.ir.weights["0.weight"]
     n = w.numel()
-    assert wt.coded is not None and wt.coded.coder == cfg["coder"] and wt.coded.index_bits == cfg["index_bits"]
+    # entropy coders fall back to fixed width where that is smaller (tiny layers)
+    assert wt.coded is not None and wt.coded.coder in (cfg["coder"], "fixed")
+    assert wt.coded.index_bits == cfg["index_bits"]
     # exact zeros of the input are never kept by prune
     assert int(wt.mask.sum()) == min(n - round(cfg["sparsity"] * n), int((w != 0).sum()))
     assert wt.k <= 2 ** cfg["bits"]
@@ -330,8 +332,9 @@ def entry(meta: dict, name: str) -> dict:
 @pytest.fixture(scope="module")
 def small_file():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 4))
     c = dccomp.compile(model, "prune{sparsity=0.75},cluster{bits=3},huffman")
+    assert c.ir.weights["0.weight"].coded.coder == "huffman"  # big enough that Huffman beats fixed width
     return plan_file(c.ir).to_bytes()
 
 
@@ -522,11 +525,11 @@ def test_huge_but_consistent_shape_does_not_allocate_on_load(small_file):
 
 
 def test_transposed_shape_is_a_valid_file_but_the_wrong_architecture(small_file):
-    bad = rebuild(small_file, edit_meta=_set(W, "shape", [20, 16]))
+    bad = rebuild(small_file, edit_meta=_set(W, "shape", [64, 48]))
     f = dccomp.load(bad)
-    assert f.tensor(W).shape == (20, 16)
-    with pytest.raises(ValueError, match=r"tensor '0.weight': file has shape \(20, 16\), model has \(16, 20\)"):
-        dccomp.load(bad, nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 4)))
+    assert f.tensor(W).shape == (64, 48)
+    with pytest.raises(ValueError, match=r"tensor '0.weight': file has shape \(64, 48\), model has \(48, 64\)"):
+        dccomp.load(bad, nn.Sequential(nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 4)))
 
 
 def test_wrong_architecture_is_value_error_naming_the_mismatch(lenet_file):
