@@ -73,7 +73,7 @@ class SizeReport:
             return "-" if v is None else fmt.format(v)
 
         head = (f"{'layer':<16}{'#weights':>10}{'kept':>8}{'w bits':>8}{'w bits':>8}{'idx bits':>9}{'idx bits':>9}"
-                f"{'codebook':>9}{'dense':>8}{'total':>9}{'ratio':>8}\n"
+                f"{'codebook':>9}{'raw':>8}{'total':>9}{'ratio':>8}\n"
                 f"{'':<16}{'':>10}{'':>8}{'P+Q':>8}{'P+Q+H':>8}{'P+Q':>9}{'P+Q+H':>9}{'bytes':>9}{'bytes':>8}"
                 f"{'bytes':>9}{'':>8}")
         lines = [head, "-" * 103]
@@ -88,6 +88,8 @@ class SizeReport:
                      f"{'':>9}{'':>8}{self.total_bytes:>9}{self.ratio:>7.1f}x")
         for name, why in sorted(self.skipped.items()):
             lines.append(f"skipped: {name}: {why}")
+        lines.append("bits are per surviving weight (P: pruning, Q: quantization, H: Huffman/entropy coding); "
+                     "raw = biases, normalization and buffers stored as-is")
         lines.append(f"dense float32: {self.dense_fp32_bytes} bytes -> file: {self.total_bytes} bytes "
                      f"({self.ratio:.1f}x)")
         return "\n".join(lines)

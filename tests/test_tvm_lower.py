@@ -194,3 +194,17 @@ def test_outputs_are_not_overwritten_by_later_calls():
     y2 = t(x2)
     assert torch.equal(y1, kept) and not torch.equal(y1, y2)
     torch.testing.assert_close(y2, c(x2), rtol=1e-5, atol=1e-6)
+
+
+def test_cli_build_writes_aarch64_artifact(tmp_path):
+    from dccomp.cli import main
+
+    torch.manual_seed(0)
+    c = dccomp.compile(LeNet300100(), "prune{sparsity=0.9},cluster{bits=4},huffman", example_inputs=torch.zeros(1, 1, 28, 28))
+    c.save(tmp_path / "m.dcc")
+    main(["build", str(tmp_path / "m.dcc"), "--model", "lenet-300-100", "--target", "arm_cpu", "--out", str(tmp_path / "out")])
+    so = next((tmp_path / "out").glob("*.so"))
+    head = so.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    info = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert info["layers"] and all(layer["kernel"] == "sparse_linear" for layer in info["layers"])
