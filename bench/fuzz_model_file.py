@@ -191,7 +191,7 @@ def classify(original: bytes, mutated: bytes, fixed_crc: bool, model: nn.Module)
     stage = "decode"
     try:
         f = dccomp.load(mutated)
-        sd = f.state_dict()
+        f.state_dict()  # decodes every tensor
         for name in f.names:
             values, mask, cb, idx = f.decode(name)
             e = f.info(name)

@@ -3,7 +3,6 @@ timing, IR dumps, size tracking and progress bars live here."""
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any, Iterable
 

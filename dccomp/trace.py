@@ -72,8 +72,8 @@ class _Tracer(fx.Tracer):
 def _refuse_hooks(model: nn.Module) -> None:
     for name, m in model.named_modules():
         label = name or type(model).__name__
-        hooks = [h for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks")
-                 if getattr(m, h, None) and h != "_state_dict_hooks"]
+        hooks = [h for h in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+                 if getattr(m, h, None)]
         if hooks:
             raise TracingError(
                 f"module {label!r} ({type(m).__name__}) has {', '.join(h.strip('_') for h in hooks)} registered; "

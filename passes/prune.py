@@ -1,7 +1,6 @@
 """``prune``: magnitude pruning (Han et al., NIPS 2015, §3-4; Deep Compression §2)."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

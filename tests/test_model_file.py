@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +20,7 @@ from torch import nn
 import dccomp
 import dccomp.models
 from dccomp import container as C
-from dccomp.container import HEADER_SIZE, MAGIC, container_bytes, read_container
+from dccomp.container import HEADER_SIZE, container_bytes, read_container
 from dccomp.format import DccFile, file_nbytes, plan_file
 
 HDR = struct.Struct("<8sHHIQI")

@@ -24,7 +24,6 @@ weight ``codebook[code[j]]`` is reused for all B inputs.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np

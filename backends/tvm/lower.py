@@ -15,7 +15,6 @@ first call with another batch size.
 """
 from __future__ import annotations
 
-import math
 import operator
 import re
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from torch import fx, nn
 import torch.nn.functional as F
 
 from . import kernels as K
-from .targets import cross_compiler, is_cross, is_gpu, resolve_target
+from .targets import is_cross, is_gpu, resolve_target
 
 __all__ = ["lower_ir", "LayerInfo", "LoweredModule", "compile_ir", "device_modules", "device_source"]
 
