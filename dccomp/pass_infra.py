@@ -128,17 +128,18 @@ def validate_selectors(layers: Any, exclude: Any = None) -> None:
     for key in layers:
         if not isinstance(key, str):
             raise ValueError(f"layers keys must be regular-expression strings, got {key!r}")
-        try:
-            re.compile(key)
-        except re.error as e:
-            raise ValueError(f"layer pattern {key!r} is not a valid regular expression: {e}") from None
+        _check_regex(key, "layer pattern")
     if exclude is not None:
         if not isinstance(exclude, str):
             raise ValueError(f"exclude must be one regular expression, e.g. exclude=\"conv1|fc3\"; got {exclude!r}")
-        try:
-            re.compile(exclude)
-        except re.error as e:
-            raise ValueError(f"exclude {exclude!r} is not a valid regular expression: {e}") from None
+        _check_regex(exclude, "exclude")
+
+
+def _check_regex(pattern: str, what: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{what} {pattern!r} is not a valid regular expression: {e}") from None
 
 
 def selector_problem(ir: IR, layers: dict[str, Any], exclude: str | None = None) -> str | None:
