@@ -14,6 +14,23 @@ from dccomp.pass_infra import Pass, PassContext, PassResult
 __all__ = ["Retrain", "SharedWeightModule"]
 
 
+class _ClusterGather(torch.autograd.Function):
+    """``codebook[indices]`` whose backward is the per-cluster sum of the weight gradients (Eq. 3), computed
+    with ``bincount`` (one sequential pass: deterministic, unlike the multi-threaded scatter-add of indexing)."""
+
+    @staticmethod
+    def forward(ctx, codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(indices)
+        ctx.k = codebook.numel()
+        return codebook[indices]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (indices,) = ctx.saved_tensors
+        summed = torch.bincount(indices.reshape(-1), weights=grad.reshape(-1).double(), minlength=ctx.k)
+        return summed.to(grad.dtype), None
+
+
 class SharedWeightModule(nn.Module):
     """The traced model with its clustered weights computed from trainable centroids.
 
@@ -49,7 +66,7 @@ class SharedWeightModule(nn.Module):
         out = {}
         for name, key in self._keys.items():
             c = self.centroids[key]
-            w = c[self._index[name]] if c.numel() else torch.zeros(self._index[name].shape)
+            w = _ClusterGather.apply(c, self._index[name]) if c.numel() else torch.zeros(self._index[name].shape)
             m = self._mask[name]
             out[name] = w.masked_fill(~m, 0.0) if m is not None else w  # +0.0 exactly at pruned positions
         return out

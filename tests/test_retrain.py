@@ -193,3 +193,4 @@ def test_fully_frozen_model_is_a_clear_error(tiny_mlp, tiny_data):
         p.requires_grad_(False)
     with pytest.raises(dccomp.PassError, match="nothing to train"):
         dccomp.compile(tiny_mlp, "prune{sparsity=0.5},retrain", train_data=tiny_data)
+
