@@ -50,24 +50,24 @@ class TVMBackend:
         calling it raises ``RuntimeError`` saying it can only be exported.
         """
         _require_tvm()
-        from .lower import LoweredModule, _input_shapes
+        from .lower import LoweredModule, input_specs
 
         arch = options.pop("arch", None)
         tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", False)))
-        return LoweredModule(ir, _input_shapes(ir, example_inputs), tgt, options)
+        return LoweredModule(ir, input_specs(ir, example_inputs), tgt, options, example_inputs)
 
     def export(self, ir, out_dir, *, target: str | dict = "llvm", example_inputs=None, name: str | None = None,
                **options) -> list[pathlib.Path]:
         """Write ``<name>.so`` (the compiled Relax executable; aarch64 via ``aarch64-linux-gnu-gcc``) and
         ``<name>.json`` (inputs, outputs, target, per-layer kernels and weight bytes). Returns both paths."""
         _require_tvm()
-        from .lower import _input_shapes, compile_ir
+        from .lower import compile_ir, constant_nbytes, input_specs
         from .targets import cross_compiler
 
         arch = options.pop("arch", None)
         tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", False)))
-        shapes = _input_shapes(ir, example_inputs)
-        ex, mod, layers = compile_ir(ir, shapes, tgt, **options)
+        specs = input_specs(ir, example_inputs)
+        ex, mod, layers = compile_ir(ir, specs, tgt, example_inputs, **options)
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         base = name or (getattr(ir, "name", None) or "model")
@@ -84,10 +84,11 @@ class TVMBackend:
             "entry": "main",
             "runtime": "tvm.relax.VirtualMachine(tvm.runtime.load_module(library), device)['main']",
             "target": tgt,
-            "inputs": [{"name": f"x{i}", "shape": list(s), "dtype": "float32"} for i, s in enumerate(shapes)],
+            "inputs": [{"name": f"x{i}", "shape": list(s), "dtype": d} for i, (s, d) in enumerate(specs)],
             "outputs": outputs,
             "layers": [layer.to_json() for layer in layers],
             "weight_const_nbytes": sum(layer.const_nbytes for layer in layers),
+            "const_nbytes": constant_nbytes(mod),
         }
         json_path = out / f"{base}.json"
         json_path.write_text(json.dumps(meta, indent=2))
