@@ -19,7 +19,7 @@ every op that reads a compressed weight.
    in the artifact. Every other op (BatchNorm, residual adds, pooling, LayerNorm, GELU, attention's matmuls,
    LSTM/GRU, ...) is TVM's frontend's own lowering; an op it does not know fails before compiling, naming the op
    and the layer.
-3. ``tvm.compile``; GPU targets first get ``LegalizeOps`` + ``DefaultGPUSchedule`` for the frontend's ops.
+3. ``tvm.compile`` with TVM's default pipeline for the target (on GPUs, dlight schedules the frontend's ops).
 
 Shapes are static: the module is compiled for the example inputs' shapes and dtypes.
 """
@@ -458,14 +458,7 @@ def compile_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=Non
 
     tgt = resolve_target(target)
     mod, layers = lower_ir(ir, specs, tgt, example_inputs, **options)
-    target_obj = tvm.target.Target(tgt)
-    if is_gpu(tgt):
-        # the frontend's ops legalize to unscheduled TIR: give them the default GPU schedule (thread
-        # bindings); dccomp's kernels carry tirx.is_scheduled and are left alone.
-        from tvm import relax
-
-        with target_obj:
-            mod = relax.transform.LegalizeOps()(mod)
-            mod = tvm.s_tir.transform.DefaultGPUSchedule()(mod)
-    ex = tvm.compile(mod, target=target_obj)
+    # tvm.compile's default pipeline legalizes the frontend's ops; on GPU targets it schedules them with
+    # dlight (thread bindings); dccomp's GPU kernels carry tirx.is_scheduled and are left alone.
+    ex = tvm.compile(mod, target=tvm.target.Target(tgt))
     return ex, mod, layers
