@@ -4,7 +4,8 @@ The states follow Deep Compression (Han, Mao, Dally, ICLR 2016, Fig. 1)::
 
     dense -> masked (pruning mask) -> clustered (codebook + cluster indices) -> coded (entropy-coded streams)
 
-A :class:`Weight` is one compressible parameter (``Linear``/``Conv*``/``ConvTranspose*``/``Embedding`` weights).
+A :class:`Weight` is one compressible parameter (``Linear``/``Conv*``/``ConvTranspose*``/``Embedding`` weights,
+``MultiheadAttention`` projections, ``LSTM``/``GRU``/``RNN`` matrices; see :mod:`dccomp.classify`).
 Its values live in the graph module's parameter (so training updates them in place); the state fields hold
 the mask, codebook and cluster indices, and the coded streams. Parameters that stay dense (biases, BatchNorm)
 are listed in :attr:`IR.dense`, with the reason.
@@ -65,7 +66,8 @@ class Weight:
 
     Attributes:
         name: qualified parameter name in the module, e.g. ``"fc1.weight"``.
-        kind: layer kind: ``linear``, ``conv1d``, ``conv2d``, ``conv3d``, ``conv_transpose1d/2d/3d``, ``embedding``.
+        kind: layer kind: ``linear``, ``conv1d``, ``conv2d``, ``conv3d`` (``convNd.depthwise``/``convNd.grouped``
+            for grouped convolutions), ``conv_transpose1d/2d/3d``, ``embedding``, ``rnn`` (LSTM/GRU/RNN matrices).
         users: names of the graph ops (fx node names) that read this weight; more than one means a tied weight.
         mask: ``torch.bool`` tensor of the weight's shape, ``True`` where the weight survives; ``None`` if unpruned.
         codebook: float32 tensor of shape ``(k,)``, the shared weights (centroids), ``None`` until clustered.
@@ -136,6 +138,8 @@ class IR:
         name: model class name.
         skipped: ``{param_name: reason}`` for parameters a pass did not compress (shown in reports).
         input_shapes: shapes of the example inputs used for tracing (may be empty).
+        capture: how the graph was captured: ``"fx"`` (torch.fx symbolic tracing) or ``"export"``
+            (``torch.export``, an aten-level graph); shown in the text header when not ``"fx"``.
     """
 
     def __init__(self, gm: fx.GraphModule, weights: dict[str, Weight], dense: list[DenseParam], ops: list[Op],
@@ -147,6 +151,7 @@ class IR:
         self.name = name
         self.skipped: dict[str, str] = {}
         self.input_shapes = input_shapes or []
+        self.capture = "fx"
 
     # -- access ------------------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
