@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -170,7 +171,9 @@ class IR:
 
     def clone(self) -> "IR":
         """A deep copy: passes run on a clone so a failed pass leaves the previous IR untouched."""
-        return copy.deepcopy(self)
+        with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            return copy.deepcopy(self)
 
     def dense_nbytes(self) -> int:
         """Bytes of all parameters as dense float32 (the reference size for compression ratios)."""
