@@ -6,7 +6,7 @@ import warnings
 
 from torch import fx
 
-from dccomp.ir import IR
+from dccomp.ir import IR, keep_non_persistent
 
 __all__ = ["TorchBackend"]
 
@@ -30,5 +30,6 @@ class TorchBackend:
         with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
             gm = copy.deepcopy(ir.gm)
+        keep_non_persistent(ir.gm, gm)
         gm.eval()
         return gm

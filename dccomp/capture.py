@@ -95,7 +95,34 @@ def fx_capture(model: nn.Module, concrete_args: dict | None, leaf_modules: Seque
             construct = f"{type(e).__name__} raised while tracing"
         raise TracingError(f"torch.fx cannot trace {name}: {construct} at {where}. {_WORKAROUNDS} "
                            f"(fx said: {msg})") from e
-    return fx.GraphModule(tracer.root, graph, name)
+    gm = fx.GraphModule(tracer.root, graph, name)
+    _restore_state(gm, model)
+    return gm
+
+
+def _restore_state(gm: fx.GraphModule, root: nn.Module) -> None:
+    """Make ``gm.state_dict()`` hold exactly ``root``'s names: fx copies only the attributes the graph reads
+    (an unused parameter would be missing from the .dcc file) and re-registers buffers it copies as persistent
+    (a non-persistent buffer would be saved, and ``dccomp.load(path, model=M())`` would refuse the file)."""
+    have = {n for n, _ in gm.named_parameters(remove_duplicate=False)}
+    have |= {n for n, _ in gm.named_buffers(remove_duplicate=False)}
+    non_persistent = {f"{m}.{b}" if m else b for m, mod in root.named_modules(remove_duplicate=False)
+                      for b in mod._non_persistent_buffers_set}
+    tensors = list(root.named_parameters(remove_duplicate=False)) + list(root.named_buffers(remove_duplicate=False))
+    for qual, t in tensors:
+        prefix, _, local = qual.rpartition(".")
+        owner: nn.Module = gm
+        for part in prefix.split(".") if prefix else []:
+            if not isinstance(getattr(owner, part, None), nn.Module):
+                owner.add_module(part, nn.Module())
+            owner = getattr(owner, part)
+        if qual not in have:
+            if isinstance(t, nn.Parameter):
+                owner.register_parameter(local, t)
+            else:
+                owner.register_buffer(local, t, persistent=qual not in non_persistent)
+        elif qual in non_persistent:
+            owner._non_persistent_buffers_set.add(local)
 
 
 def _export_error(e: BaseException) -> str:

@@ -21,7 +21,17 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR"]
+__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR", "keep_non_persistent"]
+
+
+def keep_non_persistent(src: nn.Module, dst: nn.Module) -> None:
+    """Mark in ``dst`` (a deep copy of ``src``) the buffers that are non-persistent in ``src``: deep-copying an
+    ``fx.GraphModule`` re-registers every copied buffer as persistent, which would put them in its state_dict
+    (and the ``.dcc`` file) although the user's model has no such key."""
+    mods = dict(dst.named_modules(remove_duplicate=False))
+    for name, m in src.named_modules(remove_duplicate=False):
+        if m._non_persistent_buffers_set and name in mods:
+            mods[name]._non_persistent_buffers_set |= set(m._non_persistent_buffers_set)
 
 
 class State(enum.IntEnum):
@@ -173,7 +183,9 @@ class IR:
         """A deep copy: passes run on a clone so a failed pass leaves the previous IR untouched."""
         with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
             warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
-            return copy.deepcopy(self)
+            out = copy.deepcopy(self)
+        keep_non_persistent(self.gm, out.gm)
+        return out
 
     def dense_nbytes(self) -> int:
         """Bytes of all parameters as dense float32 (the reference size for compression ratios)."""

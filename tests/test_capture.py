@@ -206,6 +206,27 @@ def test_every_weight_type_compressed_run_and_saved(case, capture, tmp_path):
     assert report.total_bytes == (tmp_path / "m.dcc").stat().st_size
 
 
+class WithNonPersistentBuffer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("offset", torch.linspace(0, 1, 4), persistent=False)
+        self.bn = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.bn(self.fc(x + self.offset))
+
+
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_non_persistent_buffers_stay_out_of_the_file(capture, tmp_path):
+    model = _seed_model(WithNonPersistentBuffer)
+    x = torch.randn(3, 4)
+    c = dccomp.compile(model, PIPE, example_inputs=x, capture=capture)
+    _check_outputs_and_file(model, c, (x,), {}, tmp_path)
+    assert "offset" not in dccomp.load(tmp_path / "m.dcc").names and "bn.running_mean" in dccomp.load(
+        tmp_path / "m.dcc").names
+
+
 def test_dense_reasons_are_true():
     ir = dccomp.trace(_seed_model(Encoder), (torch.randint(0, 30, (2, 7)),))
     reasons = {d.name: d.reason for d in ir.dense}
@@ -222,9 +243,10 @@ def test_dense_reasons_are_true():
         def forward(self, x):
             return torch.matmul(self.fc(x), self.scale)
 
-    reasons = {d.name: d.reason for d in dccomp.trace(Odd(), torch.randn(2, 4), capture="export").dense}
-    assert reasons["scale"].startswith("read by matmul, not as the weight of")
-    assert reasons["unused"] == "unused by the traced graph"
+    for capture in ("fx", "export"):
+        reasons = {d.name: d.reason for d in dccomp.trace(Odd(), torch.randn(2, 4), capture=capture).dense}
+        assert reasons["scale"].startswith("read by matmul, not as the weight of"), capture
+        assert reasons["unused"] == "unused by the traced graph", capture
 
 
 def test_kwargs_forward_auto_falls_back_to_export_with_a_warning(tmp_path):
