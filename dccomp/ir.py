@@ -119,7 +119,9 @@ class Weight:
 
 @dataclass
 class DenseParam:
-    """A parameter left dense (stored raw), with why: e.g. ``"bias"``, ``"batchnorm"``, ``"unsupported layer"``."""
+    """A parameter left dense (stored raw), with why: ``"bias"``, ``"normalization"``, ``"unused by the traced
+    graph"``, ``"read by matmul, not as the weight of a ... layer"``, ``"1-d weight"`` (see
+    :func:`dccomp.classify.dense_reason`)."""
 
     name: str
     reason: str

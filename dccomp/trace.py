@@ -216,12 +216,16 @@ def trace(model: nn.Module, example_inputs: Sequence[torch.Tensor] | torch.Tenso
         TracingError: fx cannot trace the model (data-dependent control flow, iteration over traced values,
             ``*args``/``**kwargs``...) and export is not chosen or fails; export without example inputs; wrong
             example inputs; hooks or parametrizations. The message names the construct and the workarounds.
-        TypeError: ``model`` is not an ``nn.Module``. ValueError: unknown ``capture``.
+        TypeError: ``model`` is not an ``nn.Module``. ValueError: unknown ``capture``, or fx-only options
+            (``concrete_args``, ``leaf_modules``) with ``capture="export"``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"dccomp can compile torch.nn.Module objects, got {type(model).__name__}")
     if capture not in CAPTURES:
         raise ValueError(f"capture must be one of {', '.join(CAPTURES)}, got {capture!r}")
+    if capture == "export" and (concrete_args or tuple(leaf_modules)):
+        raise ValueError("concrete_args and leaf_modules apply to torch.fx tracing only; with capture='export' "
+                         "give example inputs (and dynamic_shapes=) instead, or use capture='fx'")
     _refuse_hooks(model)
     name = type(model).__name__
     model = copy.deepcopy(model)

@@ -278,6 +278,8 @@ def test_auto_without_example_inputs_says_export_needs_them():
         dccomp.trace(EmbLinear(), capture="export")
     with pytest.raises(ValueError, match="capture must be one of auto, fx, export"):
         dccomp.trace(EmbLinear(), capture="dynamo")
+    with pytest.raises(ValueError, match="torch.fx tracing only"):
+        dccomp.trace(EmbLinear(), torch.zeros(1, 3, dtype=torch.long), capture="export", leaf_modules=[nn.Embedding])
 
 
 def test_export_dynamic_sequence_length(tmp_path):
@@ -297,23 +299,28 @@ def test_export_dynamic_sequence_length(tmp_path):
         _check_outputs_and_file(model, c, (ids2, mask2), {}, tmp_path)
 
 
-def _retrain_keeps_masks(model, x, y, loss):
+def _retrain_keeps_masks(model, x, y, capture):
+    batch = torch.export.Dim("batch", min=1, max=64)
     c = dccomp.compile(model, "prune{sparsity=0.5},retrain{epochs=2,lr=0.05}", example_inputs=(x[:4],),
-                       train_data=(x, y), loss=loss, verify=True)
+                       capture=capture, dynamic_shapes=({0: batch},), train_data=(x, y), loss=nn.CrossEntropyLoss(),
+                       trainer=None, verify=True)
+    assert c.ir.capture == capture
     moved = 0
     for w in c.ir:
         p = c.ir.param(w.name).detach()
         assert torch.equal(p != 0, w.mask), w.name  # pruned entries exactly 0, survivors non-zero
         moved += int(not torch.equal(p[w.mask], model.get_parameter(w.name).detach()[w.mask]))
     assert moved == len(c.ir.weights)  # every weight was trained
+    torch.testing.assert_close(c(x), c.ir.gm(x))
 
 
-def test_retrain_keeps_masks_lstm_and_mha():
+@pytest.mark.parametrize("capture", ["fx", "export"])
+def test_retrain_keeps_masks_lstm_and_mha(capture):
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(32, 5, 6, generator=g), torch.randint(0, 2, (32,), generator=g)
-    _retrain_keeps_masks(_seed_model(Recurrent, nn.LSTM).train(), x, y, nn.CrossEntropyLoss())
-    x, y = torch.randn(32, 5, 16, generator=g), torch.randint(0, 3, (32,), generator=g)
-    _retrain_keeps_masks(_seed_model(MHA).train(), x, y, nn.CrossEntropyLoss())
+    x, y = torch.randn(40, 5, 6, generator=g), torch.randint(0, 2, (40,), generator=g)
+    _retrain_keeps_masks(_seed_model(Recurrent, nn.LSTM).train(), x, y, capture)
+    x, y = torch.randn(40, 5, 16, generator=g), torch.randint(0, 3, (40,), generator=g)
+    _retrain_keeps_masks(_seed_model(MHA).train(), x, y, capture)
 
 
 def test_depthwise_and_grouped_kinds_are_separately_selectable():
