@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 from torch import fx
 
-from dccomp.ir import IR
+from dccomp.ir import IR, keep_non_persistent
 
 __all__ = ["TorchBackend"]
 
@@ -26,6 +27,9 @@ class TorchBackend:
         target = options.pop("target", None)
         if options or target not in (None, "cpu", "torch"):
             raise TypeError(f"the torch backend takes no options; got {sorted(options) or {'target': target}}")
-        gm = copy.deepcopy(ir.gm)
+        with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            gm = copy.deepcopy(ir.gm)
+        keep_non_persistent(ir.gm, gm)
         gm.eval()
         return gm

@@ -1,4 +1,4 @@
-"""``dccomp.compile``: trace, run the pipeline, lower with a backend. Works on a copy of the user's model."""
+"""``dccomp.compile``: capture, run the pipeline, lower with a backend. Works on a copy of the user's model."""
 from __future__ import annotations
 
 import os
@@ -56,6 +56,7 @@ class CompiledModel(nn.Module):
 
 def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence[Pass | str] = (), *,
             example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+            example_kwargs: dict[str, Any] | None = None, capture: str = "auto", dynamic_shapes: Any = None,
             concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
             backend: str = "torch", target: Any = None, train_data: Any = None, eval_data: Any = None,
             loss: Callable | None = None, trainer: Trainer | None = None, verify: bool = False,
@@ -63,13 +64,17 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     """Compress ``model`` with ``passes`` and lower it with ``backend``.
 
     Args:
-        model: an ``nn.Module`` (traced with torch.fx; the user's module is never modified), or an ``IR`` /
+        model: an ``nn.Module`` (captured with torch.fx or torch.export; the user's module is never modified), or
+            an ``IR`` /
             ``CompiledModel`` already compressed (e.g. to lower it with another backend).
         passes: pass objects or pipeline text, e.g.
             ``"prune{sparsity=0.9},retrain{epochs=1},cluster{bits=5},retrain{epochs=1},huffman"`` or
             ``"deep-compression"``.
-        example_inputs: tensor(s) used to record shapes (and by backends that need them).
-        concrete_args, leaf_modules: forwarded to :func:`dccomp.trace.trace`.
+        example_inputs: tensor(s) used to record shapes (and by backends that need them); ``example_kwargs``
+            keyword inputs. torch.export needs at least one of them.
+        capture: ``"auto"`` (torch.fx, falling back to torch.export with a warning), ``"fx"`` or ``"export"``;
+            ``dynamic_shapes`` goes to ``torch.export.export``. See :func:`dccomp.trace.trace`.
+        concrete_args, leaf_modules: forwarded to :func:`dccomp.trace.trace` (torch.fx only).
         backend: registered backend name (``torch``, ``tvm``); ``target`` and ``backend_options`` go to it.
         train_data, eval_data, loss: data for ``retrain`` (Dataset, DataLoader, batches, or ``(X, y)``);
             or give a ready ``trainer``.
@@ -89,7 +94,8 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     elif isinstance(model, IR):
         ir = model.clone()
     else:
-        ir = trace(model, example_inputs, concrete_args=concrete_args, leaf_modules=leaf_modules)
+        ir = trace(model, example_inputs, example_kwargs=example_kwargs, concrete_args=concrete_args,
+                   leaf_modules=leaf_modules, capture=capture, dynamic_shapes=dynamic_shapes)
     if trainer is None and (train_data is not None or eval_data is not None):
         trainer = Trainer(train_data, eval_data, loss)
     ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments))

@@ -84,7 +84,7 @@ def plan_file(ir: IR) -> FilePlan:
         tensors.append(entry)
         owners[w.name] = names
     raw = [(d.name, ir.param(d.name), "dense", d.reason) for d in ir.dense]
-    raw += [(n, b, "buffer", "buffer") for n, b in ir.gm.named_buffers()]
+    raw += [(n, b, "buffer", "buffer") for sd in [ir.gm.state_dict()] for n, b in ir.gm.named_buffers() if n in sd]
     for name, t, role, reason in raw:
         buf, descr = pack_array(t.detach().cpu().numpy())
         sections[name] = buf

@@ -4,7 +4,8 @@ The states follow Deep Compression (Han, Mao, Dally, ICLR 2016, Fig. 1)::
 
     dense -> masked (pruning mask) -> clustered (codebook + cluster indices) -> coded (entropy-coded streams)
 
-A :class:`Weight` is one compressible parameter (``Linear``/``Conv*``/``ConvTranspose*``/``Embedding`` weights).
+A :class:`Weight` is one compressible parameter (``Linear``/``Conv*``/``ConvTranspose*``/``Embedding`` weights,
+``MultiheadAttention`` projections, ``LSTM``/``GRU``/``RNN`` matrices; see :mod:`dccomp.classify`).
 Its values live in the graph module's parameter (so training updates them in place); the state fields hold
 the mask, codebook and cluster indices, and the coded streams. Parameters that stay dense (biases, BatchNorm)
 are listed in :attr:`IR.dense`, with the reason.
@@ -13,13 +14,24 @@ from __future__ import annotations
 
 import copy
 import enum
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import fx, nn
 
-__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR"]
+__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR", "keep_non_persistent"]
+
+
+def keep_non_persistent(src: nn.Module, dst: nn.Module) -> None:
+    """Mark in ``dst`` (a deep copy of ``src``) the buffers that are non-persistent in ``src``: deep-copying an
+    ``fx.GraphModule`` re-registers every copied buffer as persistent, which would put them in its state_dict
+    (and the ``.dcc`` file) although the user's model has no such key."""
+    mods = dict(dst.named_modules(remove_duplicate=False))
+    for name, m in src.named_modules(remove_duplicate=False):
+        if m._non_persistent_buffers_set and name in mods:
+            mods[name]._non_persistent_buffers_set |= set(m._non_persistent_buffers_set)
 
 
 class State(enum.IntEnum):
@@ -65,7 +77,8 @@ class Weight:
 
     Attributes:
         name: qualified parameter name in the module, e.g. ``"fc1.weight"``.
-        kind: layer kind: ``linear``, ``conv1d``, ``conv2d``, ``conv3d``, ``conv_transpose1d/2d/3d``, ``embedding``.
+        kind: layer kind: ``linear``, ``conv1d``, ``conv2d``, ``conv3d`` (``convNd.depthwise``/``convNd.grouped``
+            for grouped convolutions), ``conv_transpose1d/2d/3d``, ``embedding``, ``rnn`` (LSTM/GRU/RNN matrices).
         users: names of the graph ops (fx node names) that read this weight; more than one means a tied weight.
         mask: ``torch.bool`` tensor of the weight's shape, ``True`` where the weight survives; ``None`` if unpruned.
         codebook: float32 tensor of shape ``(k,)``, the shared weights (centroids), ``None`` until clustered.
@@ -106,7 +119,9 @@ class Weight:
 
 @dataclass
 class DenseParam:
-    """A parameter left dense (stored raw), with why: e.g. ``"bias"``, ``"batchnorm"``, ``"unsupported layer"``."""
+    """A parameter left dense (stored raw), with why: ``"bias"``, ``"normalization"``, ``"unused by the traced
+    graph"``, ``"read by matmul, not as the weight of a ... layer"``, ``"1-d weight"`` (see
+    :func:`dccomp.classify.dense_reason`)."""
 
     name: str
     reason: str
@@ -136,6 +151,8 @@ class IR:
         name: model class name.
         skipped: ``{param_name: reason}`` for parameters a pass did not compress (shown in reports).
         input_shapes: shapes of the example inputs used for tracing (may be empty).
+        capture: how the graph was captured: ``"fx"`` (torch.fx symbolic tracing) or ``"export"``
+            (``torch.export``, an aten-level graph); shown in the text header when not ``"fx"``.
     """
 
     def __init__(self, gm: fx.GraphModule, weights: dict[str, Weight], dense: list[DenseParam], ops: list[Op],
@@ -147,6 +164,7 @@ class IR:
         self.name = name
         self.skipped: dict[str, str] = {}
         self.input_shapes = input_shapes or []
+        self.capture = "fx"
 
     # -- access ------------------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
@@ -165,7 +183,11 @@ class IR:
 
     def clone(self) -> "IR":
         """A deep copy: passes run on a clone so a failed pass leaves the previous IR untouched."""
-        return copy.deepcopy(self)
+        with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            out = copy.deepcopy(self)
+        keep_non_persistent(self.gm, out.gm)
+        return out
 
     def dense_nbytes(self) -> int:
         """Bytes of all parameters as dense float32 (the reference size for compression ratios)."""

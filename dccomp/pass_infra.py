@@ -105,7 +105,9 @@ class Pass:
 
 def select_value(w: Weight, layers: dict[str, Any] | None, default: Any) -> Any:
     """The per-layer option for weight ``w``: the first key of ``layers`` that fully matches (as a regex)
-    the weight name (``fc1.weight``), its module name (``fc1``) or its kind (``linear``); else ``default``."""
+    the weight name (``fc1.weight``), its module name (``fc1``) or its kind (``linear``, ``conv2d``,
+    ``conv2d.depthwise``, ``rnn``...; ``"conv2d"`` matches only ungrouped convolutions, ``"conv2d.*"`` all);
+    else ``default``."""
     module = w.name.rsplit(".", 1)[0]
     for pattern, value in (layers or {}).items():
         try:

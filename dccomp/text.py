@@ -23,8 +23,12 @@ def _dt(t: torch.dtype) -> str:
     return _DT.get(t, str(t).replace("torch.", ""))
 
 
+def _dim(d) -> str:
+    return str(d) if isinstance(d, int) else str(d).replace(" ", "")  # symbolic (dynamic) dims: s0, 2*s1...
+
+
 def _ty(dtype: torch.dtype, shape) -> str:
-    return f"{_dt(dtype)}[{','.join(str(int(d)) for d in shape)}]"
+    return f"{_dt(dtype)}[{','.join(_dim(d) for d in shape)}]"
 
 
 def weight_summary(ir: IR, w: Weight) -> str:
@@ -47,7 +51,8 @@ def ir_to_text(ir: IR) -> str:
     dense = {d.name: d.reason for d in ir.dense}
     params = dict(ir.gm.named_parameters())
     shown: set[str] = set()
-    lines = [f"ir {ir.name} {{"]
+    capture = getattr(ir, "capture", "fx")
+    lines = [f"ir {ir.name}{'' if capture == 'fx' else f' capture={capture}'} {{"]
     for op in ir.ops:
         meta = nodes[op.name].meta.get("tensor_meta") if op.name in nodes else None
         ty = f" : {_ty(meta.dtype, meta.shape)}" if meta is not None and hasattr(meta, "shape") else ""

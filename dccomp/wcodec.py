@@ -23,6 +23,7 @@ from .coding import CODERS
 from .coding.fixed import FixedCoder
 from .coding.sparse import decode_positions, encode_positions
 from .errors import FormatError
+from .classify import FC_KINDS
 from .ir import Coded, Weight
 
 __all__ = ["ALL_CODERS", "code_weight", "decode_weight", "default_index_bits"]
@@ -34,8 +35,8 @@ MAX_ELEMENTS = 1 << 34
 
 
 def default_index_bits(kind: str) -> int:
-    """Paper's relative-index width: 8 bits for conv, 5 for fully connected (§2)."""
-    return 5 if kind == "linear" else 8
+    """Paper's relative-index width: 8 bits for conv, 5 for fully connected (§2; recurrent matrices included)."""
+    return 5 if kind in FC_KINDS else 8
 
 
 def code_weight(values: torch.Tensor, w: Weight, coder: str, index_bits: int) -> Coded:

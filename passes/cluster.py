@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dccomp.classify import FC_KINDS
 from dccomp.ir import IR, State, Weight
 from dccomp.kmeans import kmeans_1d
 from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
@@ -18,8 +19,9 @@ INITS = ("linear", "density", "random", "kmeans++", "optimal")
 
 
 def default_bits(w: Weight) -> int:
-    """The paper's default bits per cluster index: 8 for conv (and embedding), 5 for fully connected (§3)."""
-    return 5 if w.kind == "linear" else 8
+    """The paper's default bits per cluster index: 8 for conv (and embedding), 5 for fully connected (§3);
+    recurrent (``rnn``) matrices count as fully connected."""
+    return 5 if w.kind in FC_KINDS else 8
 
 
 def cluster_weight(values: torch.Tensor, mask: torch.Tensor | None, bits: int, init: str = "linear",

@@ -69,7 +69,7 @@ def test_depthwise_conv_is_pruned_and_batchnorm_stays_dense(check_ir):
     check_ir(ir)
     assert set(ir.weights) == {"dw.weight", "pw.weight"}
     dw = ir.weights["dw.weight"]
-    assert dw.groups == 32 and dw.kind == "conv2d"
+    assert dw.groups == 32 and dw.kind == "conv2d.depthwise"
     assert dw.state == State.MASKED and abs(float(dw.mask.float().mean()) - 0.2) <= 1 / 288
     assert int(dw.mask.sum()) == 288 - round(0.8 * 288)
     assert abs(float(ir.weights["pw.weight"].mask.float().mean()) - 0.2) <= 1 / 2048

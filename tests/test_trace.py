@@ -137,7 +137,7 @@ def test_layer_kinds_and_dense_reasons():
 
     ir = dccomp.trace(Many())
     kinds = {n: w.kind for n, w in ir.weights.items()}
-    assert kinds == {"c1.weight": "conv1d", "c3.weight": "conv3d", "dw.weight": "conv2d",
+    assert kinds == {"c1.weight": "conv1d", "c3.weight": "conv3d", "dw.weight": "conv2d.depthwise",
                      "ct.weight": "conv_transpose2d", "emb.weight": "embedding", "w": "linear"}
     assert ir.weights["dw.weight"].groups == 8
     reasons = {d.name: d.reason for d in ir.dense}
