@@ -42,6 +42,35 @@ class Functional(nn.Module):
         return F.linear(y.flatten(1), self.w2)
 
 
+class Recurrent(nn.Module):
+    """Embedding -> 2-layer LSTM -> GRU -> last step (negative index) -> Linear."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 16)
+        self.lstm = nn.LSTM(16, 24, num_layers=2, batch_first=True)
+        self.gru = nn.GRU(24, 16, batch_first=True)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, t):
+        return self.fc(self.gru(self.lstm(self.emb(t))[0])[0][:, -1])
+
+
+class Encoder(nn.Module):
+    """torch's own nn.TransformerEncoderLayer (fused in_proj_weight of nn.MultiheadAttention)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(50, 32)
+        self.enc = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation="gelu", batch_first=True)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, t):
+        return self.fc(self.enc(self.emb(t)).mean(1))
+
+
 def _mobilenet_v2():
     zoo = pytest.importorskip("dccomp.zoo")
     torch.manual_seed(0)
@@ -56,6 +85,8 @@ MODELS = {
     "transformer": (lambda: TransformerClassifier(100, 32, 4, 2, 64, 16, 3).eval(),
                     lambda: torch.randint(0, 100, (2, 12))),
     "functional": (Functional, lambda: torch.randn(1, 3, 16, 16)),
+    "recurrent": (Recurrent, lambda: torch.randint(0, 50, (2, 7))),
+    "encoder_layer": (Encoder, lambda: torch.randint(0, 50, (2, 9))),
 }
 
 
@@ -68,8 +99,7 @@ def compressed():
             make, example = MODELS[name]
             torch.manual_seed(0)
             x = example()
-            ir = compress(trace(make(), (x,)), sparsity=0.85, k=16)
-            ir.gm.eval()
+            ir = compress(trace(make().eval(), (x,)), sparsity=0.85, k=16)
             cache[name] = ir, x
         return cache[name]
 

@@ -60,10 +60,12 @@ class LayerInfo:
     const_nbytes: int
     fused_relu: bool = False
     dtypes: dict = field(default_factory=dict)
+    calls: int = 1  # ops reading the weight (an LSTM's recurrent weight: one per time step); stored once
 
     def to_json(self) -> dict:
         return {"name": self.name, "kernel": self.kind, "shape": list(self.shape), "density": self.density,
-                "const_nbytes": self.const_nbytes, "fused_relu": self.fused_relu, "dtypes": self.dtypes}
+                "const_nbytes": self.const_nbytes, "fused_relu": self.fused_relu, "dtypes": self.dtypes,
+                "calls": self.calls}
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -110,14 +112,16 @@ def export_ir(ir, specs: Sequence[InputSpec], example_inputs=None):
 
     gm = ir.gm
     was_training = gm.training
-    gm.eval()
+    with contextlib.suppress(NotImplementedError):  # a torch.export-captured module is fixed in eval mode
+        gm.eval()
     try:
         ep = export(gm, _examples(specs, example_inputs), strict=False)
     except Exception as e:  # noqa: BLE001 - any capture failure is reported the same way
         raise NotImplementedError(f"TVM backend: torch.export could not capture {ir.name}: {e}. Use "
                                   "backend='torch', or make the model exportable (torch.export docs).") from e
     finally:
-        gm.train(was_training)
+        with contextlib.suppress(NotImplementedError):
+            gm.train(was_training)
     table = default_decompositions()
     for op in (torch.ops.aten.linear.default, torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default,
                torch.ops.aten.embedding.default):
@@ -141,6 +145,7 @@ class _Converters:
             if w is not None:
                 self.weight_of[pname] = w
         self.layers: list[LayerInfo] = []
+        self._layer_of: dict[tuple[str, str], LayerInfo] = {}
         self.lowered: set[str] = set()  # parameter names lowered by dccomp kernels
         self.fused: set = set()  # relu nodes folded into the preceding kernel
         self._names: set[str] = set()
@@ -158,7 +163,7 @@ class _Converters:
 
     def convert_map(self) -> dict[str, Callable]:
         return {"linear.default": self.linear, "conv2d.default": self.conv2d, "conv1d.default": self.conv1d,
-                "embedding.default": self.embedding, "relu.default": self.relu}
+                "embedding.default": self.embedding, "relu.default": self.relu, "select.int": self.select}
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _unique(self, base: str) -> str:
@@ -197,6 +202,16 @@ class _Converters:
             return K.CSRCodebook.from_codebook(_np(w.indices).reshape(shape2d), _np(w.codebook), weight2d != 0)
         return K.CSRCodebook.from_dense(weight2d)
 
+    def _record(self, pname: str, info: LayerInfo) -> None:
+        """Add ``info``, or count one more call of a weight already lowered with the same kernel."""
+        key = (pname, info.kind)
+        if key in self._layer_of:
+            self._layer_of[key].calls += 1
+        else:
+            self._layer_of[key] = info
+            self.layers.append(info)
+        self.lowered.add(pname)
+
     def _bias(self, imp, node, n_out: int):
         """(relax expr, nbytes) of the bias argument (a zero constant when there is none)."""
         from tvm import relax
@@ -222,6 +237,20 @@ class _Converters:
             raise NotImplementedError(f"TVM backend: layer {layer!r} gets a {x.ty.dtype} input; dccomp's "
                                       "compressed kernels take float32 (cast the model to float32 first)")
         return x
+
+    # -- frontend fixes ----------------------------------------------------------------------------------
+    def select(self, node, imp):
+        """``x[..., i, ...]``: TVM 0.27's converter emits ``take`` with a negative ``i`` as is, which reads out
+        of bounds (``x[:, -1]`` of an LSTM output gave garbage); normalise ``i`` by the static dim size."""
+        from tvm import relax
+
+        x = imp.env[node.args[0]]
+        dim, index = int(node.args[1]), int(node.args[2])
+        shape = x.ty.shape
+        dim %= len(shape)
+        if index < 0:
+            index += int(shape[dim])
+        return imp.block_builder.emit(relax.op.take(x, relax.const(index, "int64"), dim))
 
     # -- relu --------------------------------------------------------------------------------------------
     def relu(self, node, imp):
@@ -272,8 +301,7 @@ class _Converters:
             y = imp.block_builder.emit(relax.op.reshape(y, tuple(lead) + (n_out,)))
         if r is not None:
             self.fused.add(r)
-        self.layers.append(info)
-        self.lowered.add(pname)
+        self._record(pname, info)
         return y
 
     # -- convolution -------------------------------------------------------------------------------------
@@ -352,8 +380,7 @@ class _Converters:
         y = imp.block_builder.emit(relax.call_tir(gv, args, relax.TensorType((n, oc, oh, ow), "float32")))
         if r is not None:
             self.fused.add(r)
-        self.layers.append(info)
-        self.lowered.add(pname)
+        self._record(pname, info)
         return y
 
     # -- embedding ---------------------------------------------------------------------------------------
@@ -381,9 +408,8 @@ class _Converters:
         y = imp.block_builder.emit(relax.call_tir(gv, [flat] + self.consts(pname, "csr", csr.arrays),
                                                   relax.TensorType((ntok, dim), "float32")))
         density = csr.nnz / max(1, weight.size)
-        self.layers.append(LayerInfo(layer, "sparse_embedding", (num, dim), density, csr.nbytes, False,
-                                     {"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k}))
-        self.lowered.add(pname)
+        self._record(pname, LayerInfo(layer, "sparse_embedding", (num, dim), density, csr.nbytes, False,
+                                      {"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k}))
         return imp.block_builder.emit(relax.op.reshape(y, tuple(ishape) + (dim,)))
 
     def _frontend(self, node, pname: str, op: str, weight: np.ndarray):
@@ -399,10 +425,9 @@ class _Converters:
                 self._frontend_info(pname, weight)
 
     def _frontend_info(self, pname, weight):
-        self.lowered.add(pname)
-        self.layers.append(LayerInfo(pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname, "frontend",
-                                     tuple(weight.shape), int(np.count_nonzero(weight)) / max(1, weight.size),
-                                     weight.nbytes))
+        self._record(pname, LayerInfo(pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname, "frontend",
+                                      tuple(weight.shape), int(np.count_nonzero(weight)) / max(1, weight.size),
+                                      weight.nbytes))
 
 
 def _layer_of(node) -> str:
