@@ -103,6 +103,8 @@ def size_report(ir: IR) -> SizeReport:
     rep.skipped = dict(ir.skipped)
     rep.skipped.update({d.name: f"stored raw: {d.reason}" for d in ir.dense
                         if d.reason not in ("bias", "normalization")})
+    rep.skipped.update({n: f"stored raw: {kind} unused by forward()"
+                        for n, (_, kind) in getattr(ir, "unused", {}).items()})
     return rep
 
 
