@@ -5,10 +5,12 @@ in-process; user models are tiny MLPs so the whole file runs in seconds.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
 import stat
+import sys
 
 import pytest
 import torch
@@ -220,12 +222,16 @@ NET = ("import torch\nclass Net(torch.nn.Module):\n    def __init__(self):\n    
 
 @pytest.fixture
 def user_model(tmp_path, monkeypatch):
-    """``mymodel:Net`` (16 inputs, not 28x28) importable from the cwd, and a compressed file of it."""
+    """``mymodel:Net`` (16 inputs, not 28x28) importable from the cwd, its weights ``w.pt`` and a compressed
+    file of it."""
     (tmp_path / "mymodel.py").write_text(NET)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    main(["compress", "mymodel:Net", "--random-weights", "--input-shape", "16", "--pipeline", PIPE,
-          "--out", "net.dcc", "--no-progress", "--json", "r.json"])
+    monkeypatch.delitem(sys.modules, "mymodel", raising=False)
+    torch.manual_seed(0)
+    net = importlib.import_module("mymodel").Net()
+    torch.save(net.state_dict(), "w.pt")
+    dccomp.compile(net, PIPE, example_inputs=torch.zeros(1, 16)).save("net.dcc")
     return tmp_path / "net.dcc"
 
 
@@ -252,8 +258,8 @@ def test_compress_refuses_random_weights_unless_asked_and_names_mismatched_keys(
     assert "no --weights given" in _fails(base, capsys)
     assert not (tmp_path / "x.dcc").exists()
     torch.save({"a.weight": torch.zeros(32, 16), "a.bias": torch.zeros(32), "b.weight": torch.zeros(4, 30),
-                "head.bias": torch.zeros(4)}, tmp_path / "w.pt")
-    err = _fails(base + ["--weights", "w.pt"], capsys)
+                "head.bias": torch.zeros(4)}, tmp_path / "bad.pt")
+    err = _fails(base + ["--weights", "bad.pt"], capsys)
     assert "missing from the file: b.bias" in err and "not in the model: head.bias" in err
     assert "b.weight (file (4, 30), model (4, 32))" in err
 
@@ -273,10 +279,10 @@ def test_demo_validates_the_pipeline_before_training(tmp_path, monkeypatch, caps
 
 
 def test_cli_retrain_without_data_speaks_cli(user_model, capsys):
-    err = _fails(["compress", "mymodel:Net", "--random-weights", "--input-shape", "16", "--pipeline",
+    err = _fails(["compress", "mymodel:Net", "--weights", "w.pt", "--input-shape", "16", "--pipeline",
                   "prune{sparsity=0.5},retrain{epochs=1}", "--out", "y.dcc"], capsys)
     assert "needs training data: add --data" in err and "train_data=" not in err
-    err = _fails(["compress", "mymodel:Net", "--random-weights", "--input-shape", "16", "--pipeline",
+    err = _fails(["compress", "mymodel:Net", "--weights", "w.pt", "--input-shape", "16", "--pipeline",
                   "prune{sparsity=0.5,steps=2,epochs=1}", "--out", "y.dcc"], capsys)
     assert "needs training data" in err
 
