@@ -157,13 +157,16 @@ def _check_model_runs(model: Any, shape: tuple[int, ...], spec: str, where: str)
     """Run ``model`` on one zero example of ``shape``; fail with the root cause if it does not accept it."""
     import torch
 
+    was = model.training
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape))
+            model.eval()(torch.zeros(1, *shape))  # eval: batch norm must not update its statistics here
     except Exception as e:  # the user's model raised: report its last line, not the traceback
         lines = [ln for ln in str(e).splitlines() if ln.strip()]
         _fail(f"model {spec} does not accept inputs of shape {tuple(shape)} ({where}): "
               f"{type(e).__name__}: {lines[-1].strip() if lines else ''}")
+    finally:
+        model.train(was)
 
 
 def _shape(text: str) -> tuple[int, ...]:
