@@ -98,6 +98,8 @@ def _load_weights(model: Any, path: str | None) -> None:
             state = torch.load(path, weights_only=True, map_location="cpu")  # never unpickle arbitrary objects
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if first.startswith("Weights only load failed"):  # torch's advice (weights_only=False) is unsafe here
+            first = "it holds objects other than tensors, or is not a torch.save file"
         _fail(f"cannot read {path!r} as a state_dict: {first}. dccomp reads only tensors (torch.load with "
               "weights_only=True, never arbitrary pickled objects): save the weights with "
               "torch.save(model.state_dict(), path), or pass a .dcc file")
