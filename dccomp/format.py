@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .container import MAGIC, Container, container_bytes, pack_array, read_container, unpack_array, write_container
+from .container import ARRAY_DTYPES, MAGIC, Container, container_bytes, pack_array, read_container, unpack_array, write_container
 from .errors import FormatError
 from .ir import IR, Coded, Weight
 from .wcodec import MAX_ELEMENTS, code_weight, decode_weight, default_index_bits
@@ -60,8 +60,9 @@ def _pack_raw(name: str, t: torch.Tensor) -> tuple[bytes, dict, str | None]:
     try:
         buf, descr = pack_array(t.numpy())
     except TypeError:
-        raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which a .dcc file cannot store (float16/32/64, "
-                        "bfloat16, int8-64, uint8, bool); convert it before compiling") from None
+        raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which a .dcc file cannot store (it stores "
+                        f"{', '.join(ARRAY_DTYPES)} and bfloat16); convert the model first, e.g. model.float()"
+                        ) from None
     return buf, descr, None
 
 
@@ -79,6 +80,9 @@ def plan_file(ir: IR) -> FilePlan:
     owners: dict[str, list[str]] = {}
     for w in ir.weights.values():
         p = ir.param(w.name)
+        if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"weight {w.name!r} is {p.dtype}; .dcc files code weights as float32, so they hold "
+                            "float32, float16 and bfloat16 models exactly: convert the model first, e.g. model.float()")
         coded = _coded_for_file(ir, w)
         entry: dict[str, Any] = {"name": w.name, "role": "weight", "kind": w.kind, "shape": list(p.shape),
                                  "dtype": _DT_NAMES.get(p.dtype, "float32"), "coder": coded.coder,

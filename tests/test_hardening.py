@@ -176,6 +176,13 @@ def test_half_precision_models_save_report_and_load_in_their_dtype(tmp_path, dty
     assert dccomp.load(tmp_path / "m.dcc").tensor("bn.weight").dtype == dtype
 
 
+def test_float64_model_is_refused_not_rounded(tmp_path):
+    _, c = _compiled(torch.float64)
+    with pytest.raises(TypeError, match=r"float64.*model\.float\(\)"):
+        c.save(tmp_path / "m.dcc")
+    assert not (tmp_path / "m.dcc").exists()
+
+
 # -- 5. training mode is kept, and tracing leaves batch-norm statistics alone ---------------------------------------
 def test_compiled_model_keeps_the_users_mode_and_buffers():
     m, c = _compiled(train=True)
