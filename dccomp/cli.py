@@ -2,7 +2,7 @@
 
 Errors a user can fix (bad arguments, missing data, corrupt files) end with a one-line message and exit code 2.
 Every command checks its arguments (pipeline text, output path, data, weights) before any work. Every command
-takes ``--threads N`` (default 1 unless ``$OMP_NUM_THREADS`` is set; 0 = torch's default of one per core).
+takes ``--threads N`` (default 1 unless ``$OMP_NUM_THREADS`` is set; 0 = torch's default, one per physical core).
 """
 from __future__ import annotations
 
@@ -141,7 +141,7 @@ def _parse_pipeline(text: str, have_data: bool) -> list:
 
 
 def _set_threads(n: int | None) -> None:
-    """torch's intra-op threads: ``n`` (0: torch's default, one per core); by default 1 unless $OMP_NUM_THREADS
+    """torch's intra-op threads: ``n`` (0: torch's default, one per physical core); by default 1 unless $OMP_NUM_THREADS
     is set. LeNet-sized layers gain little from threads, and on a busy shared machine extra threads cost much
     more (one user measured 98 s per epoch with the default against 21 s with one thread on 2 busy cores)."""
     import torch
@@ -150,8 +150,8 @@ def _set_threads(n: int | None) -> None:
         if os.environ.get("OMP_NUM_THREADS"):
             return
         n = 1
-    if n == 0:
-        n = os.cpu_count() or 1
+    if n == 0:  # torch's own choice, made at import: $OMP_NUM_THREADS or one per physical core
+        return
     torch.set_num_threads(n)
 
 
@@ -200,7 +200,7 @@ def _nonneg(text: str) -> int:
     except ValueError:
         v = -1
     if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0 (0: one thread per core)")
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0 (0: torch's default thread count)")
     return v
 
 
@@ -408,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dccomp", description="Deep Compression compiler for PyTorch models")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--threads", type=_nonneg, metavar="N",
-                        help="torch CPU threads (default 1, or $OMP_NUM_THREADS when set; 0: one per core)")
+                        help="torch CPU threads (default 1, or $OMP_NUM_THREADS when set; 0: torch's default, "
+                             "one per physical core)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def data_args(sp, required=False, default=None):

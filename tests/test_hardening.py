@@ -324,4 +324,6 @@ def test_threads_option_and_default(restore_threads, monkeypatch, capsys):
     torch.set_num_threads(2)
     main(["passes"])  # an explicit environment setting is respected
     assert torch.get_num_threads() == 2
+    main(["passes", "--threads", "0"])  # 0: torch's own choice, left as it is
+    assert torch.get_num_threads() == 2
     _fails(["passes", "--threads", "-1"], capsys)
