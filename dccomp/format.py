@@ -364,18 +364,25 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
         shape = e["shape"] if e["role"] == "weight" else e["array"].get("shape")
         for n in [name] + e.get("aliases", []):
             declared[n] = shape
-    missing, extra = sorted(set(own) - set(declared)), sorted(set(declared) - set(own))
+    # torch.fx makes non-persistent buffers persistent, so files hold them: restore them too
+    transient = {n: b for n, b in model.named_buffers(remove_duplicate=False) if n not in own and n in declared}
+    missing, extra = sorted(set(own) - set(declared)), sorted(set(declared) - set(own) - set(transient))
     if missing or extra:
         raise ValueError(f"the file's tensors do not match {type(model).__name__}: missing from the file "
                          f"{missing[:5]}, not in the model {extra[:5]}; pass an instance of the compressed "
                          f"architecture ({f.meta.get('model')})")
     for k, shape in declared.items():
-        if isinstance(shape, list) and shape != list(own[k].shape):
-            raise ValueError(f"tensor {k!r}: file has shape {tuple(shape)}, model has {tuple(own[k].shape)}"[:300])
+        ref = own[k] if k in own else transient[k]
+        if isinstance(shape, list) and shape != list(ref.shape):
+            raise ValueError(f"tensor {k!r}: file has shape {tuple(shape)}, model has {tuple(ref.shape)}"[:300])
     sd = f.state_dict()
     for k, t in sd.items():
-        if tuple(t.shape) != tuple(own[k].shape):
-            raise ValueError(f"tensor {k!r}: file has shape {tuple(t.shape)}, model has {tuple(own[k].shape)}")
+        ref = own[k] if k in own else transient[k]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"tensor {k!r}: file has shape {tuple(t.shape)}, model has {tuple(ref.shape)}")
+    with torch.no_grad():
+        for k, b in transient.items():
+            b.copy_(sd.pop(k))
     model.load_state_dict(sd, strict=True)
     model.eval()
     return model

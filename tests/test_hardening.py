@@ -119,6 +119,25 @@ def test_unused_parameters_and_buffers_are_saved_and_reported(tmp_path):
     assert c.ir.dense_nbytes() == 4 * sum(p.numel() for p in m.parameters())
 
 
+def test_non_persistent_buffers_load_back_into_the_same_class(tmp_path):
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.register_buffer("scale", torch.full((4,), 2.0), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x) * self.scale
+
+    m = Scaled()
+    m.scale.fill_(3.0)
+    c = dccomp.compile(m, "prune{sparsity=0.5}", example_inputs=torch.zeros(1, 4))
+    c.save(tmp_path / "m.dcc")
+    r = dccomp.load(tmp_path / "m.dcc", model=Scaled())
+    x = torch.randn(3, 4)
+    assert torch.equal(r.scale, m.scale) and torch.equal(r(x), c.eval()(x))
+
+
 # -- 3. changing a compiled model's parameters outside dccomp ----------------------------------------------------------
 def test_finetuning_outside_dccomp_is_refused_at_save_and_report(tmp_path):
     _, c = _compiled()
