@@ -59,9 +59,13 @@ def _fit_state(model: Any, state: Any, path: str) -> None:
     """Load ``state`` into ``model``, or fail naming the missing, unexpected and mis-shaped keys."""
     import torch
 
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict):
         _fail(f"weights {path!r} hold a {type(state).__name__}, not a state_dict of tensors: save them with "
               "torch.save(model.state_dict(), path)")
+    other = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if other:
+        _fail(f"weights {path!r} hold entries that are not tensors ({_names(other)}): save the weights alone "
+              "with torch.save(model.state_dict(), path)")
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -288,6 +288,8 @@ def test_compress_refuses_random_weights_unless_asked_and_names_mismatched_keys(
     err = _fails(base + ["--weights", "bad.pt"], capsys)
     assert "missing from the file: b.bias" in err and "not in the model: head.bias" in err
     assert "b.weight (file (4, 30), model (4, 32))" in err
+    torch.save({**torch.load(tmp_path / "w.pt"), "epoch": 3}, tmp_path / "ckpt.pt")
+    assert "not tensors (epoch)" in _fails(base + ["--weights", "ckpt.pt"], capsys)
 
 
 def test_demo_validates_the_pipeline_before_training(tmp_path, monkeypatch, capsys):
