@@ -19,11 +19,12 @@ from .verify import verify
 __version__ = "0.1.0"
 
 
-def save(compiled, path):
-    """Write ``compiled`` (CompiledModel or IR) to a ``.dcc`` file atomically; see :func:`dccomp.format.save`."""
+def save(compiled, path, *, overwrite=False):
+    """Write ``compiled`` (CompiledModel or IR) to a ``.dcc`` file atomically; see :func:`dccomp.format.save`
+    (``overwrite=True`` replaces a regular file that is not a ``.dcc`` file)."""
     from .format import save as _save
 
-    return _save(compiled, path)
+    return _save(compiled, path, overwrite=overwrite)
 
 
 def load(path, model=None):

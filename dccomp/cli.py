@@ -1,6 +1,8 @@
 """``dccomp`` command line: demo, compress, inspect, eval, build, passes.
 
 Errors a user can fix (bad arguments, missing data, corrupt files) end with a one-line message and exit code 2.
+Every command checks its arguments (pipeline text, output path, data, weights) before any work. Every command
+takes ``--threads N`` (default 1 unless ``$OMP_NUM_THREADS`` is set; 0 = torch's default, one per physical core).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +50,38 @@ def _load_user_model(spec: str, data: str | None) -> Any:
         _fail(f"{spec} must be constructible without arguments: {e}")
 
 
+def _names(keys: list[str], limit: int = 10) -> str:
+    more = f" ... ({len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def _fit_state(model: Any, state: Any, path: str) -> None:
+    """Load ``state`` into ``model``, or fail naming the missing, unexpected and mis-shaped keys."""
+    import torch
+
+    if not isinstance(state, dict):
+        _fail(f"weights {path!r} hold a {type(state).__name__}, not a state_dict of tensors: save them with "
+              "torch.save(model.state_dict(), path)")
+    other = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
+    if other:
+        _fail(f"weights {path!r} hold entries that are not tensors ({_names(other)}): save the weights alone "
+              "with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = [f"missing from the file: {_names(missing)}" if missing else "",
+                 f"not in the model: {_names(unexpected)}" if unexpected else "",
+                 f"shapes differ: {_names(shapes)}" if shapes else ""]
+        hint = ("; the file's keys start with 'module.' (saved from DataParallel/DDP): save "
+                "model.module.state_dict() instead" if unexpected and all(k.startswith("module.") for k in unexpected)
+                else "; save the weights of this very class with torch.save(model.state_dict(), path)")
+        _fail(f"weights {path!r} do not fit {type(model).__name__}: " + "; ".join(p for p in parts if p) + hint)
+    model.load_state_dict(state)
+
+
 def _load_weights(model: Any, path: str | None) -> None:
     if path is None:
         return
@@ -67,19 +102,21 @@ def _load_weights(model: Any, path: str | None) -> None:
             state = torch.load(path, weights_only=True, map_location="cpu")  # never unpickle arbitrary objects
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if first.startswith("Weights only load failed"):  # torch's advice (weights_only=False) is unsafe here
+            first = "it holds objects other than tensors, or is not a torch.save file"
         _fail(f"cannot read {path!r} as a state_dict: {first}. dccomp reads only tensors (torch.load with "
               "weights_only=True, never arbitrary pickled objects): save the weights with "
               "torch.save(model.state_dict(), path), or pass a .dcc file")
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError) as e:
-        _fail(f"weights {path!r} do not fit the model: {str(e).splitlines()[0]}")
+    _fit_state(model, state, path)
 
 
-def _check_out(path: str) -> None:
-    """Fail before any work if ``path`` cannot be written (a directory, a missing or unwritable folder)."""
+def _check_out(path: str, force: bool = False) -> None:
+    """Fail before any work if ``path`` cannot or must not be written (a directory, a device/FIFO/socket, a
+    file that is not a .dcc file without --force, a missing or unwritable folder); see check_save_path."""
+    from .format import check_save_path
+
     p = Path(path)
     if p.is_dir() or str(path).endswith(os.sep):
         _fail(f"--out {path!r} is a directory; give a file path such as {os.path.join(path, 'model.dcc')}")
@@ -88,6 +125,54 @@ def _check_out(path: str) -> None:
         _fail(f"--out {path!r}: folder {str(parent)!r} does not exist; create it first")
     if not os.access(parent, os.W_OK):
         _fail(f"--out {path!r}: folder {str(parent)!r} is not writable")
+    try:
+        check_save_path(path, overwrite=force)
+    except OSError as e:
+        _fail(f"--out: {e}".replace("overwrite=True (CLI: --force)", "--force"))
+
+
+def _parse_pipeline(text: str, have_data: bool) -> list:
+    """The pipeline's passes, parsed before any work; fails if a pass trains and no --data was given."""
+    from .manager import resolve_passes
+
+    passes = resolve_passes(text)
+    trains = [f"'{p}'" for p in passes if p.needs_training_data()]
+    if trains and not have_data:
+        _fail(f"--pipeline {text!r}: {', '.join(trains)} retrains the model, which needs training data: add "
+              "--data (fashion-mnist or digits), or remove the retraining passes (retrain, prune with steps>1 "
+              "and epochs>0) from the pipeline")
+    return passes
+
+
+def _set_threads(n: int | None) -> None:
+    """torch's intra-op threads: ``n`` (0: torch's default, one per physical core); by default 1 unless $OMP_NUM_THREADS
+    is set. LeNet-sized layers gain little from threads, and on a busy shared machine extra threads cost much
+    more (one user measured 98 s per epoch with the default against 21 s with one thread on 2 busy cores)."""
+    import torch
+
+    if n is None:
+        if os.environ.get("OMP_NUM_THREADS"):
+            return
+        n = 1
+    if n == 0:  # torch's own choice, made at import: $OMP_NUM_THREADS or one per physical core
+        return
+    torch.set_num_threads(n)
+
+
+def _check_model_runs(model: Any, shape: tuple[int, ...], spec: str, where: str) -> None:
+    """Run ``model`` on one zero example of ``shape``; fail with the root cause if it does not accept it."""
+    import torch
+
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))  # eval: batch norm must not update its statistics here
+    except Exception as e:  # the user's model raised: report its last line, not the traceback
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        _fail(f"model {spec} does not accept inputs of shape {tuple(shape)} ({where}): "
+              f"{type(e).__name__}: {lines[-1].strip() if lines else ''}")
+    finally:
+        model.train(was)
 
 
 def _shape(text: str) -> tuple[int, ...]:
@@ -113,6 +198,16 @@ def _positive(text: str) -> int:
     return v
 
 
+def _nonneg(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        v = -1
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0 (0: torch's default thread count)")
+    return v
+
+
 def _print_json(obj: Any, path: str | None) -> None:
     text = json.dumps(obj, indent=2, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o))
     if path in (None, "-"):
@@ -121,37 +216,47 @@ def _print_json(obj: Any, path: str | None) -> None:
         Path(path).write_text(text + "\n")
 
 
+def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> None:
+    """Print (or write as JSON) a demo/compress result: IR, size table, size and time after each pass,
+    accuracies (when measured) and the file's ratio. Exits 1 if the reloaded file's accuracy differs."""
+    if json_path:
+        _print_json({k: v for k, v in r.items() if k != "ir"}, json_path)
+    if json_path != "-":
+        print(r["ir"])
+        print()
+        print(r["report"])
+        print()
+        print("size after each pass (file bytes):")
+        for (key, nbytes, ratio), (_, secs) in zip(r["stages"][1:], r["timing"]):
+            rec = r["records"].get(key, {})
+            acc = f"  acc {100 * rec['eval_accuracy']:.2f}%" if "eval_accuracy" in rec else ""
+            print(f"  {key:<16} {nbytes:>9} B {ratio:>7.1f}x {secs:>7.1f} s{acc}")
+        print()
+    same = "not measured (no --data)"
+    if r.get("dense_accuracy") is not None:
+        same = "identical" if r["reloaded_accuracy"] == r["compressed_accuracy"] else "DIFFERENT"
+        if json_path != "-":
+            print(f"dense accuracy      {100 * r['dense_accuracy']:.2f}%  ({dense_source})")
+            print(f"compressed accuracy {100 * r['compressed_accuracy']:.2f}%  (in memory)")
+            print(f"reloaded accuracy   {100 * r['reloaded_accuracy']:.2f}%  (from {r['out']})")
+    if json_path != "-":
+        print(f"file {r['out']}: {r['file_bytes']} bytes vs {r['dense_fp32_bytes']} dense float32 -> "
+              f"{r['ratio']:.1f}x; reload accuracy {same}; {r['seconds']:.0f} s total")
+    if same == "DIFFERENT":
+        raise SystemExit(1)
+
+
 def cmd_demo(a: argparse.Namespace) -> None:
     from .demo import run_demo
 
     out = a.out or f"{a.model}.dcc"
-    _check_out(out)
+    _check_out(out, a.force)
+    _parse_pipeline(a.pipeline, True)  # a typo fails now, not after training the dense baseline
     print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
     r = run_demo(a.model, a.data, pipeline=a.pipeline, out=out, data_root=a.data_root, seed=a.seed,
-                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir, log=True)
-    if a.json:
-        _print_json({k: v for k, v in r.items() if k != "ir"}, a.json)
-        if a.json == "-":
-            return
-    print(r["ir"])
-    print()
-    print(r["report"])
-    print()
-    print("size after each pass (file bytes):")
-    for (key, nbytes, ratio), (_, secs) in zip(r["stages"][1:], r["timing"]):
-        rec = r["records"].get(key, {})
-        acc = f"  acc {100 * rec['eval_accuracy']:.2f}%" if "eval_accuracy" in rec else ""
-        print(f"  {key:<16} {nbytes:>9} B {ratio:>7.1f}x {secs:>7.1f} s{acc}")
-    print()
-    src = "cached" if r["dense_from_cache"] else "trained"
-    print(f"dense accuracy      {100 * r['dense_accuracy']:.2f}%  ({src} baseline)")
-    print(f"compressed accuracy {100 * r['compressed_accuracy']:.2f}%  (in memory)")
-    print(f"reloaded accuracy   {100 * r['reloaded_accuracy']:.2f}%  (from {r['out']})")
-    same = "identical" if r["reloaded_accuracy"] == r["compressed_accuracy"] else "DIFFERENT"
-    print(f"file {r['out']}: {r['file_bytes']} bytes vs {r['dense_fp32_bytes']} dense float32 -> "
-          f"{r['ratio']:.1f}x; reload accuracy {same}; {r['seconds']:.0f} s total")
-    if same != "identical":
-        raise SystemExit(1)
+                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir, log=True,
+                 overwrite=a.force)
+    _summary(r, a.json, "cached baseline" if r["dense_from_cache"] else "trained baseline")
 
 
 def cmd_compress(a: argparse.Namespace) -> None:
@@ -159,13 +264,22 @@ def cmd_compress(a: argparse.Namespace) -> None:
 
     from . import compile, save
     from .data import DATASETS, get_dataset
-    from .instruments import DumpIR, Progress, StageLog
+    from .format import load
+    from .instruments import DumpIR, Progress, SizeTracker, StageLog, Timing
     from .train import Trainer
 
-    _check_out(a.out)
+    t0 = time.perf_counter()
+    _check_out(a.out, a.force)
     if a.data and a.input_shape:
         _fail("give --data (its examples fix the input shape) or --input-shape, not both")
+    passes = _parse_pipeline(a.pipeline, bool(a.data))
     model = _load_user_model(a.model, a.data)
+    if a.weights is None and not a.random_weights:
+        _fail("no --weights given: dccomp would compress the model's random initial weights (a useless model). "
+              "Pass --weights W.pt (torch.save(model.state_dict(), 'W.pt')) or a .dcc file; or --random-weights "
+              "to compress the initial weights on purpose (tests, size estimates)")
+    if a.weights is not None and a.random_weights:
+        _fail("give --weights or --random-weights, not both")
     _load_weights(model, a.weights)
     trainer = None
     shape = None
@@ -174,18 +288,27 @@ def cmd_compress(a: argparse.Namespace) -> None:
         shape = DATASETS[a.data].input_shape
     elif a.input_shape:
         shape = a.input_shape
+    if shape:
+        _check_model_runs(model, shape, a.model, "--data" if a.data else "--input-shape")
     ex = torch.zeros(1, *shape) if shape else None
-    instruments = ([] if a.no_progress else [Progress()]) + ([DumpIR(a.dump_ir)] if a.dump_ir else []) + [StageLog()]
-    compiled = compile(model, a.pipeline, example_inputs=ex, trainer=trainer, verify=a.verify,
+    dense_acc = trainer.evaluate(model)["accuracy"] if trainer else None
+    sizes, timing = SizeTracker(), Timing()
+    instruments = [sizes, timing] + ([] if a.no_progress else [Progress()]) + (
+        [DumpIR(a.dump_ir)] if a.dump_ir else []) + [StageLog()]
+    compiled = compile(model, passes, example_inputs=ex, trainer=trainer, verify=a.verify,
                        instruments=instruments, seed=a.seed)
-    nbytes = save(compiled, a.out)
-    rep = compiled.report()
-    if a.json:
-        _print_json({"out": a.out, "file_bytes": nbytes, "report": rep, "records": compiled.records}, a.json)
-    else:
-        print(compiled.ir)
-        print(rep)
-        print(f"wrote {a.out} ({nbytes} bytes)")
+    nbytes = save(compiled, a.out, overwrite=a.force)
+    r: dict[str, Any] = {"model": a.model, "data": a.data, "pipeline": a.pipeline, "dense_accuracy": dense_acc,
+                         "compressed_accuracy": None, "reloaded_accuracy": None}
+    if trainer:
+        r["compressed_accuracy"] = trainer.evaluate(compiled)["accuracy"]
+        fresh = _load_user_model(a.model, a.data)
+        r["reloaded_accuracy"] = trainer.evaluate(load(a.out, fresh))["accuracy"]
+    dense_bytes = compiled.ir.dense_nbytes()
+    r.update({"file_bytes": nbytes, "dense_fp32_bytes": dense_bytes, "ratio": dense_bytes / nbytes,
+              "report": compiled.report(), "stages": sizes.rows, "timing": timing.rows, "records": compiled.records,
+              "out": a.out, "ir": str(compiled.ir), "seconds": time.perf_counter() - t0})
+    _summary(r, a.json, f"{a.weights} as given")
 
 
 def cmd_inspect(a: argparse.Namespace) -> None:
@@ -221,9 +344,15 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from .format import load
     from .train import Trainer
 
+    from .data import DATASETS
+
     model = _load_user_model(a.model, a.data)
     load(a.file, model)
-    res = Trainer(eval_data=get_dataset(a.data, "test", a.data_root)).evaluate(model)
+    test = get_dataset(a.data, "test", a.data_root)
+    _check_model_runs(model, DATASETS[a.data].input_shape, a.model,
+                      f"the {a.data} test images; dccomp eval measures accuracy on a built-in data set, for other "
+                      "inputs evaluate dccomp.load(file, model=...) in Python")
+    res = Trainer(eval_data=test).evaluate(model)
     if a.json:
         _print_json(res, a.json)
     else:
@@ -238,9 +367,13 @@ def cmd_build(a: argparse.Namespace) -> None:
     from .format import load
     from .registry import get_backend
 
+    if a.data and a.input_shape:
+        _fail("give --data (its examples fix the input shape) or --input-shape, not both")
     model = _load_user_model(a.model, a.data)
     load(a.file, model)
-    shape = DATASETS[a.data or "fashion-mnist"].input_shape
+    shape = a.input_shape or DATASETS[a.data or "fashion-mnist"].input_shape
+    _check_model_runs(model, shape, a.model, "--input-shape" if a.input_shape else
+                      f"{a.data or 'fashion-mnist'} images; pass --input-shape for other inputs")
     ex = torch.zeros(a.batch, *shape)
     ir = compile(model, "", example_inputs=ex).ir
     _attach_compressed_state(ir, a.file)
@@ -277,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .models import MODELS
 
     p = argparse.ArgumentParser(prog="dccomp", description="Deep Compression compiler for PyTorch models")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--threads", type=_nonneg, metavar="N",
+                        help="torch CPU threads (default 1, or $OMP_NUM_THREADS when set; 0: torch's default, "
+                             "one per physical core)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     def data_args(sp, required=False, default=None):
@@ -284,11 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data-root", help="folder of the data set's files (fashion-mnist: gzipped IDX); "
                                             "default $DCCOMP_FASHION_MNIST or /usr/share/datasets/fashion-mnist")
 
-    d = sub.add_parser("demo", help="train, compress, save, reload and evaluate a LeNet on real data")
+    d = sub.add_parser("demo", parents=[common], help="train, compress, save, reload and evaluate a LeNet on real data")
     d.add_argument("--model", choices=sorted(MODELS), default="lenet-300-100")
     data_args(d, default="fashion-mnist")
     d.add_argument("--pipeline", default="deep-compression", help="pipeline text or a named pipeline")
     d.add_argument("--out", help="output .dcc file (default: MODEL.dcc)")
+    d.add_argument("--force", action="store_true", help="replace --out even if it is not a .dcc file")
     d.add_argument("--dense-epochs", type=_positive, help="epochs for the dense baseline (default 10)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
@@ -296,13 +434,16 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
     d.set_defaults(func=cmd_demo)
 
-    c = sub.add_parser("compress", help="compress a model: built-in name or module:Class + weights")
+    c = sub.add_parser("compress", parents=[common], help="compress a model: built-in name or module:Class + weights")
     c.add_argument("model", help="lenet-300-100, lenet-5 or module:Class")
-    c.add_argument("--weights", help="state_dict file (.pt, loaded with weights_only=True) or .dcc")
+    c.add_argument("--weights", help="state_dict file (.pt, loaded with weights_only=True) or .dcc (required "
+                                     "unless --random-weights)")
+    c.add_argument("--random-weights", action="store_true", help="compress the model's random initial weights")
     data_args(c)
     c.add_argument("--input-shape", type=_shape, help="per-example input shape, e.g. 1,28,28 (when no --data)")
     c.add_argument("--pipeline", required=True)
     c.add_argument("--out", required=True)
+    c.add_argument("--force", action="store_true", help="replace --out even if it is not a .dcc file")
     c.add_argument("--verify", action="store_true")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", metavar="PATH")
@@ -310,28 +451,30 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
     c.set_defaults(func=cmd_compress)
 
-    i = sub.add_parser("inspect", help="show a .dcc file's tensors and size table")
+    i = sub.add_parser("inspect", parents=[common], help="show a .dcc file's tensors and size table")
     i.add_argument("file")
     i.add_argument("--json", metavar="PATH")
     i.set_defaults(func=cmd_inspect)
 
-    e = sub.add_parser("eval", help="evaluate a .dcc file's top-1 accuracy")
+    e = sub.add_parser("eval", parents=[common], help="evaluate a .dcc file's top-1 accuracy")
     e.add_argument("file")
     e.add_argument("--model", required=True, help="lenet-300-100, lenet-5 or module:Class")
     data_args(e, default="fashion-mnist")
     e.add_argument("--json", metavar="PATH")
     e.set_defaults(func=cmd_eval)
 
-    b = sub.add_parser("build", help="generate deployable code for a target with the TVM backend")
+    b = sub.add_parser("build", parents=[common], help="generate deployable code for a target with the TVM backend")
     b.add_argument("file")
     b.add_argument("--model", required=True)
     b.add_argument("--target", default="llvm", help="llvm, arm_cpu, cuda, mali")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--batch", type=_positive, default=1)
-    data_args(b, default="fashion-mnist")
+    data_args(b)
+    b.add_argument("--input-shape", type=_shape, help="per-example input shape, e.g. 3,32,32 (default: the "
+                                                      "--data set's, fashion-mnist when neither is given)")
     b.set_defaults(func=cmd_build)
 
-    ps = sub.add_parser("passes", help="list registered passes, pipelines and backends")
+    ps = sub.add_parser("passes", parents=[common], help="list registered passes, pipelines and backends")
     ps.set_defaults(func=cmd_passes)
     return p
 
@@ -342,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     from .errors import DccompError
 
     args = build_parser().parse_args(argv)
+    _set_threads(args.threads)
     try:
         args.func(args)
     except DatasetNotFoundError as e:

@@ -11,6 +11,7 @@ from .ir import IR
 from .manager import PassManager
 from .pass_infra import Pass, PassContext
 from .registry import get_backend
+from .sync import carry_model_state, sync_live_state
 from .trace import trace
 from .train import Trainer
 
@@ -24,6 +25,10 @@ class CompiledModel(nn.Module):
         ir: the compressed IR (``print(compiled.ir)`` shows its text form).
         backend: the backend name; ``lowered`` the backend's executable module.
         records: per-pass measurements (``{"retrain#2": {"eval_accuracy": ...}}``).
+
+    Its parameters (``compiled.parameters()``, the torch backend's copy of the graph) may be changed; what the
+    ``.dcc`` file can hold exactly is taken over by :meth:`sync_state` before :meth:`save` and :meth:`report`, and
+    a change that breaks a weight's compression state raises :class:`~dccomp.errors.StaleStateError`.
     """
 
     def __init__(self, ir: IR, lowered: Callable, backend: str, records: dict | None = None):
@@ -36,6 +41,24 @@ class CompiledModel(nn.Module):
         else:
             self._lowered_fn = lowered
 
+    def sync_state(self) -> list[str]:
+        """Take the live parameters and buffers into the IR where the file can hold them exactly (raw tensors,
+        dense weights, surviving values of pruned weights); returns the names taken. Raises
+        :class:`~dccomp.errors.StaleStateError` naming the layers whose pruned entries left 0 or whose clustered
+        weights left their centroids (see :func:`dccomp.sync.sync_live_state`)."""
+        if "lowered" not in self._modules:
+            return []
+        return sync_live_state(self.ir, self.lowered)
+
+    def restore_compressed(self) -> None:
+        """Discard changes made to the live parameters since compilation (or the last :meth:`sync_state`)."""
+        if "lowered" in self._modules:
+            own = self.lowered.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for name, t in self.ir.gm.state_dict().items():
+                    if name in own:
+                        own[name].data = t.detach().clone().to(own[name].device)
+
     def forward(self, *args, **kwargs):
         fn = self.lowered if "lowered" in self._modules else self._lowered_fn
         return fn(*args, **kwargs)
@@ -45,13 +68,15 @@ class CompiledModel(nn.Module):
         Returns a :class:`dccomp.report.SizeReport` (``str()`` renders the table, ``.to_dict()`` for JSON)."""
         from .report import size_report
 
+        self.sync_state()
         return size_report(self.ir)
 
-    def save(self, path: str | os.PathLike) -> int:
-        """Write the ``.dcc`` file atomically; returns its size in bytes. See :func:`dccomp.save`."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> int:
+        """Write the ``.dcc`` file atomically; returns its size in bytes. See :func:`dccomp.save` (which files
+        it replaces, ``overwrite``, and the :class:`~dccomp.errors.StaleStateError` check)."""
         from .format import save
 
-        return save(self, path)
+        return save(self, path, overwrite=overwrite)
 
 
 def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence[Pass | str] = (), *,
@@ -83,19 +108,23 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
         seed: base seed; the same inputs and seed give the same compressed model and file bytes.
 
     Returns:
-        CompiledModel.
+        CompiledModel, in the mode (``training``) ``model`` was in: a model left in training mode gives a compiled
+        model in training mode (dropout active, batch norm on batch statistics); call ``.eval()`` for inference.
+        Its IR (and file) holds the model's whole ``state_dict``, entries the forward pass never reads included.
 
     Raises:
         TracingError, PassError, PipelineSyntaxError, RegistryError, VerificationError: see their docs; on any
         error the user's model is left as it was.
     """
     if isinstance(model, CompiledModel):
+        model.sync_state()
         ir = model.ir.clone()
     elif isinstance(model, IR):
         ir = model.clone()
     else:
         ir = trace(model, example_inputs, example_kwargs=example_kwargs, concrete_args=concrete_args,
                    leaf_modules=leaf_modules, capture=capture, dynamic_shapes=dynamic_shapes)
+        carry_model_state(ir, model)
     if trainer is None and (train_data is not None or eval_data is not None):
         trainer = Trainer(train_data, eval_data, loss)
     ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments))
@@ -107,4 +136,5 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     if example_inputs is not None and backend != "torch":
         opts.setdefault("example_inputs", example_inputs)
     lowered = get_backend(backend)().lower(ir, **opts)
-    return CompiledModel(ir, lowered, backend, ctx.records)
+    compiled = CompiledModel(ir, lowered, backend, ctx.records)
+    return compiled.train(model.training if isinstance(model, nn.Module) else False)

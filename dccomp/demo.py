@@ -16,8 +16,9 @@ from torch import nn
 
 from .compiler import compile
 from .data import DATASETS, get_dataset
-from .format import load, save
+from .format import check_save_path, load, save
 from .instruments import DumpIR, Progress, SizeTracker, StageLog, Timing
+from .manager import resolve_passes
 from .models import build_model
 from .train import Trainer
 
@@ -63,18 +64,22 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
 def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, pipeline: str = "deep-compression",
              out: str | os.PathLike = "lenet-300-100.dcc", data_root: str | None = None, seed: int = 0,
              progress: bool = True, dense_epochs: int | None = None, verify: bool = True,
-             dump_ir: str | os.PathLike | None = None, log: bool = False) -> dict[str, Any]:
+             dump_ir: str | os.PathLike | None = None, log: bool = False, overwrite: bool = False) -> dict[str, Any]:
     """Run the whole Deep Compression job and return its measurements.
 
     Returns:
         dict with ``dense_accuracy``, ``compressed_accuracy`` (in memory), ``reloaded_accuracy`` (from the file),
         ``file_bytes``, ``ratio``, ``report`` (SizeReport), ``stages`` (file size after each pass), ``timing``,
         ``records`` (per-pass measurements), ``out`` (path). ``dump_ir``: folder for the IR text after each
-        pass; ``log``: one line per pass on stderr.
+        pass; ``log``: one line per pass on stderr; ``overwrite``: see :func:`dccomp.save`.
 
     Raises:
         DatasetNotFoundError: the data set is not installed (message gives the install command).
+        PipelineSyntaxError, RegistryError, PassError: a bad ``pipeline``, raised before any training.
+        FileExistsError, IsADirectoryError, FileNotFoundError: ``out`` cannot be written (checked first).
     """
+    passes = resolve_passes(pipeline)  # a typo fails here, before the dense baseline trains
+    check_save_path(out, overwrite=overwrite)
     info = DATASETS[data]
     train = get_dataset(data, "train", data_root)
     test = get_dataset(data, "test", data_root)
@@ -91,10 +96,10 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     sizes, timing = SizeTracker(), Timing()
     instruments = [sizes, timing] + ([bar] if progress else []) + ([DumpIR(dump_ir)] if dump_ir else [])
     instruments += [StageLog()] if log else []
-    compiled = compile(dense, pipeline, example_inputs=torch.zeros(1, *info.input_shape), trainer=trainer,
+    compiled = compile(dense, passes, example_inputs=torch.zeros(1, *info.input_shape), trainer=trainer,
                        verify=verify, instruments=instruments, seed=seed)
     comp_acc = trainer.evaluate(compiled)["accuracy"]
-    nbytes = save(compiled, out)
+    nbytes = save(compiled, out, overwrite=overwrite)
     fresh = build_model(model_name, info.input_shape, info.num_classes)
     reloaded = load(out, fresh)
     re_acc = trainer.evaluate(reloaded)["accuracy"]

@@ -5,7 +5,7 @@ Every error dccomp raises on purpose derives from :class:`DccompError`, so calle
 from __future__ import annotations
 
 __all__ = ["DccompError", "FormatError", "TracingError", "VerificationError", "PassError",
-           "PipelineSyntaxError", "RegistryError"]
+           "PipelineSyntaxError", "RegistryError", "StaleStateError"]
 
 
 class DccompError(Exception):
@@ -43,3 +43,13 @@ class PipelineSyntaxError(DccompError, ValueError):
 
 class RegistryError(DccompError):
     """A pass or backend name is unknown, or registered twice."""
+
+
+class StaleStateError(DccompError, ValueError):
+    """A compiled model's live parameters no longer fit their compression state (e.g. an optimizer outside
+    dccomp moved pruned weights off zero or clustered weights off their centroids), so a file written now would
+    not compute what the model in memory computes. ``layers`` maps each such weight to what changed."""
+
+    def __init__(self, message: str, layers: dict[str, str]):
+        self.layers = layers
+        super().__init__(message)

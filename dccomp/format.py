@@ -3,11 +3,13 @@
 No pickle and no code: a JSON manifest plus binary sections, every count checked before decoding.
 Weights that were never entropy-coded are stored in their current state with the ``fixed`` coder (P+Q), and
 dense parameters and buffers raw, so :func:`save` works after any pass and the file size is always the true size.
+The file holds the model's whole ``state_dict``: entries the forward pass never reads are stored raw too.
 """
 from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +17,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .container import Container, container_bytes, pack_array, read_container, unpack_array, write_container
+from .container import ARRAY_DTYPES, MAGIC, Container, container_bytes, pack_array, read_container, unpack_array, write_container
 from .errors import FormatError
 from .ir import IR, Coded, Weight
 from .wcodec import MAX_ELEMENTS, code_weight, decode_weight, default_index_bits
 
-__all__ = ["save", "load", "file_nbytes", "plan_file", "DccFile", "FilePlan"]
+__all__ = ["save", "load", "file_nbytes", "plan_file", "check_save_path", "DccFile", "FilePlan"]
 
 FORMAT_NAME = "dccomp-model"
 _DT_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.float64: "float64",
@@ -48,6 +50,22 @@ def _coded_for_file(ir: IR, w: Weight) -> Coded:
     return code_weight(ir.param(w.name), w, "fixed", default_index_bits(w.kind))
 
 
+def _pack_raw(name: str, t: torch.Tensor) -> tuple[bytes, dict, str | None]:
+    """``(buf, descr, dtype)`` of a raw tensor; bfloat16 (which numpy lacks) is stored widened to float32, exactly,
+    with ``dtype="bfloat16"`` in its manifest entry so it is restored as bfloat16."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        buf, descr = pack_array(t.float().numpy())
+        return buf, descr, "bfloat16"
+    try:
+        buf, descr = pack_array(t.numpy())
+    except TypeError:
+        raise TypeError(f"tensor {name!r} has dtype {t.dtype}, which a .dcc file cannot store (it stores "
+                        f"{', '.join(ARRAY_DTYPES)} and bfloat16); convert the model first, e.g. model.float()"
+                        ) from None
+    return buf, descr, None
+
+
 def plan_file(ir: IR) -> FilePlan:
     """Lay out the ``.dcc`` file for ``ir`` (deterministic: same IR, same bytes)."""
     aliases: dict[str, list[str]] = {}
@@ -62,6 +80,9 @@ def plan_file(ir: IR) -> FilePlan:
     owners: dict[str, list[str]] = {}
     for w in ir.weights.values():
         p = ir.param(w.name)
+        if p.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"weight {w.name!r} is {p.dtype}; .dcc files code weights as float32, so they hold "
+                            "float32, float16 and bfloat16 models exactly: convert the model first, e.g. model.float()")
         coded = _coded_for_file(ir, w)
         entry: dict[str, Any] = {"name": w.name, "role": "weight", "kind": w.kind, "shape": list(p.shape),
                                  "dtype": _DT_NAMES.get(p.dtype, "float32"), "coder": coded.coder,
@@ -84,11 +105,15 @@ def plan_file(ir: IR) -> FilePlan:
         tensors.append(entry)
         owners[w.name] = names
     raw = [(d.name, ir.param(d.name), "dense", d.reason) for d in ir.dense]
-    raw += [(n, b, "buffer", "buffer") for sd in [ir.gm.state_dict()] for n, b in ir.gm.named_buffers() if n in sd]
+    raw += [(n, b, "buffer", "buffer") for n, b in ir.gm.named_buffers()]  # non-persistent ones too: what runs
+    raw += [(n, t, "dense" if kind == "parameter" else "buffer", "unused by forward()")
+            for n, (t, kind) in getattr(ir, "unused", {}).items()]
     for name, t, role, reason in raw:
-        buf, descr = pack_array(t.detach().cpu().numpy())
+        buf, descr, dtype = _pack_raw(name, t)
         sections[name] = buf
         entry = {"name": name, "role": role, "reason": reason, "array": descr}
+        if dtype is not None:
+            entry["dtype"] = dtype
         if name in aliases:
             entry["aliases"] = aliases[name]
         tensors.append(entry)
@@ -102,31 +127,87 @@ def file_nbytes(ir: IR) -> int:
     return len(plan_file(ir).to_bytes())
 
 
-def save(compiled: Any, path: str | os.PathLike) -> int:
+_KINDS = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "FIFO (named pipe)"),
+          (stat.S_ISSOCK, "socket"))
+
+
+def _is_dcc(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def check_save_path(path: str | os.PathLike, *, overwrite: bool = False) -> str:
+    """The path :func:`save` writes for ``path``, after refusing what it must not replace.
+
+    Rules: a new path is created; an existing ``.dcc`` file (or an empty file) is replaced atomically; a symbolic
+    link is followed and the regular file it points to is replaced atomically (the link stays a link); any other
+    existing regular file is replaced only with ``overwrite=True``; a directory, device, FIFO or socket is never
+    replaced.
+
+    Returns:
+        the real path to write (symbolic links resolved).
+
+    Raises:
+        IsADirectoryError: ``path`` is (or links to) a directory. FileExistsError: it is a device, FIFO or socket,
+        or a regular file that is not a ``.dcc`` file and ``overwrite`` is false. FileNotFoundError: its folder
+        does not exist.
+    """
+    shown = os.fspath(path)
+    real = os.path.realpath(shown) if os.path.islink(shown) else shown
+    via = f" (a link to {real!r})" if real != shown else ""
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(f"{shown!r}{via} is a directory; give a file path such as "
+                                    f"{os.path.join(shown, 'model.dcc')!r}")
+        for test, kind in _KINDS:
+            if test(st.st_mode):
+                raise FileExistsError(f"{shown!r}{via} is a {kind}, not a regular file: dccomp.save writes only "
+                                      "regular files (it would replace the special file by a file); give another path")
+        if not stat.S_ISREG(st.st_mode):
+            raise FileExistsError(f"{shown!r}{via} is not a regular file; give another path")
+        if st.st_size and not overwrite and not _is_dcc(real):
+            raise FileExistsError(f"{shown!r}{via} exists and is not a .dcc file; dccomp.save replaces only .dcc "
+                                  "files: give another path, or pass overwrite=True (CLI: --force) to replace it")
+    folder = os.path.dirname(os.path.abspath(real))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot write {shown!r}: folder {folder!r} does not exist")
+    return real
+
+
+def save(compiled: Any, path: str | os.PathLike, *, overwrite: bool = False) -> int:
     """Write a compiled model (``CompiledModel`` or ``IR``) to ``path`` atomically.
 
     The file is written to a temporary file in the same folder, fsynced and renamed over ``path``: a crash
-    mid-save leaves any previous file intact. Same IR, same bytes.
+    mid-save leaves any previous file intact. Same IR, same bytes. What may be replaced is decided by
+    :func:`check_save_path`: new paths, ``.dcc`` files and empty files; other regular files only with
+    ``overwrite=True``; never a directory, device, FIFO or socket; a symbolic link is followed and its target
+    replaced. A ``CompiledModel`` is first synchronized with its live parameters (see
+    :meth:`CompiledModel.sync_state`), so the file computes what the model in memory computes.
 
     Returns:
         the file size in bytes (what :meth:`CompiledModel.report` totals).
 
     Raises:
-        TypeError: ``compiled`` is neither. IsADirectoryError: ``path`` is a folder. FileNotFoundError: its
-        folder does not exist. OSError: the folder is not writable.
+        TypeError: ``compiled`` is neither. IsADirectoryError, FileExistsError, FileNotFoundError: see
+        :func:`check_save_path`. StaleStateError: a compressed weight was changed outside dccomp (names the
+        layers). OSError: the folder is not writable.
     """
     ir = compiled if isinstance(compiled, IR) else getattr(compiled, "ir", None)
     if not isinstance(ir, IR):
         raise TypeError(f"dccomp.save needs a CompiledModel or IR, got {type(compiled).__name__}")
-    target = os.fspath(path)
-    if os.path.isdir(target):
-        raise IsADirectoryError(f"{target!r} is a directory; give a file path such as "
-                                f"{os.path.join(target, 'model.dcc')!r}")
-    folder = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(folder):
-        raise FileNotFoundError(f"cannot write {target!r}: folder {folder!r} does not exist")
+    real = check_save_path(path, overwrite=overwrite)
+    sync = getattr(compiled, "sync_state", None)
+    if callable(sync):
+        sync()
     plan = plan_file(ir)
-    return write_container(path, plan.meta, plan.sections, compress_manifest=True)
+    return write_container(real, plan.meta, plan.sections, compress_manifest=True)
 
 
 def _req(d: Any, key: str, typ: type | tuple, where: str) -> Any:
@@ -183,6 +264,10 @@ class DccFile:
                 if name not in container:
                     raise FormatError(f"tensor {name!r}: section missing")
                 _req(e, "array", dict, f"tensor {name!r}")
+                dt = e.get("dtype")  # only when the array is stored widened (bfloat16 as float32)
+                if dt is not None and (not isinstance(dt, str) or dt not in _DT_TORCH
+                                       or not _DT_TORCH[dt].is_floating_point):
+                    raise FormatError(f"tensor {name!r}: dtype {str(dt)[:40]!r} is not a floating-point dtype")
             else:
                 raise FormatError(f"tensor {name!r}: unknown role {role!r}")
             self._entries[name] = e
@@ -279,18 +364,25 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
         shape = e["shape"] if e["role"] == "weight" else e["array"].get("shape")
         for n in [name] + e.get("aliases", []):
             declared[n] = shape
-    missing, extra = sorted(set(own) - set(declared)), sorted(set(declared) - set(own))
+    # torch.fx makes non-persistent buffers persistent, so files hold them: restore them too
+    transient = {n: b for n, b in model.named_buffers(remove_duplicate=False) if n not in own and n in declared}
+    missing, extra = sorted(set(own) - set(declared)), sorted(set(declared) - set(own) - set(transient))
     if missing or extra:
         raise ValueError(f"the file's tensors do not match {type(model).__name__}: missing from the file "
                          f"{missing[:5]}, not in the model {extra[:5]}; pass an instance of the compressed "
                          f"architecture ({f.meta.get('model')})")
     for k, shape in declared.items():
-        if isinstance(shape, list) and shape != list(own[k].shape):
-            raise ValueError(f"tensor {k!r}: file has shape {tuple(shape)}, model has {tuple(own[k].shape)}"[:300])
+        ref = own[k] if k in own else transient[k]
+        if isinstance(shape, list) and shape != list(ref.shape):
+            raise ValueError(f"tensor {k!r}: file has shape {tuple(shape)}, model has {tuple(ref.shape)}"[:300])
     sd = f.state_dict()
     for k, t in sd.items():
-        if tuple(t.shape) != tuple(own[k].shape):
-            raise ValueError(f"tensor {k!r}: file has shape {tuple(t.shape)}, model has {tuple(own[k].shape)}")
+        ref = own[k] if k in own else transient[k]
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"tensor {k!r}: file has shape {tuple(t.shape)}, model has {tuple(ref.shape)}")
+    with torch.no_grad():
+        for k, b in transient.items():
+            b.copy_(sd.pop(k))
     model.load_state_dict(sd, strict=True)
     model.eval()
     return model

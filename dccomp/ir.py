@@ -153,6 +153,9 @@ class IR:
         input_shapes: shapes of the example inputs used for tracing (may be empty).
         capture: how the graph was captured: ``"fx"`` (torch.fx symbolic tracing) or ``"export"``
             (``torch.export``, an aten-level graph); shown in the text header when not ``"fx"``.
+        unused: ``{state_dict key: (tensor, "parameter" | "buffer")}`` for entries of the original model's
+            ``state_dict`` that the traced graph never reads (``torch.fx`` drops them from ``gm``); saved raw so
+            a ``.dcc`` file always holds the whole state dict.
     """
 
     def __init__(self, gm: fx.GraphModule, weights: dict[str, Weight], dense: list[DenseParam], ops: list[Op],
@@ -165,6 +168,7 @@ class IR:
         self.skipped: dict[str, str] = {}
         self.input_shapes = input_shapes or []
         self.capture = "fx"
+        self.unused: dict[str, tuple[torch.Tensor, str]] = {}
 
     # -- access ------------------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
@@ -190,8 +194,10 @@ class IR:
         return out
 
     def dense_nbytes(self) -> int:
-        """Bytes of all parameters as dense float32 (the reference size for compression ratios)."""
-        return sum(p.numel() * 4 for p in self.gm.parameters())
+        """Bytes of all parameters as dense float32 (the reference size for compression ratios), including the
+        parameters the forward pass never uses (:attr:`unused`, stored raw in the file)."""
+        unused = sum(t.numel() * 4 for t, role in getattr(self, "unused", {}).values() if role == "parameter")
+        return sum(p.numel() * 4 for p in self.gm.parameters()) + unused
 
     def __str__(self) -> str:
         from .text import ir_to_text

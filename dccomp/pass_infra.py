@@ -86,6 +86,15 @@ class Pass:
                         f"put a pass that makes it {self.requires} before '{self.name}'")
         return None
 
+    def needs_training_data(self) -> bool:
+        """Whether :meth:`run` trains the model, so the driver must supply training data (``ctx.trainer``).
+
+        Convention: a pass with an ``epochs`` option trains when ``epochs > 0``; override for other rules. The
+        CLI uses this to ask for ``--data`` before any work.
+        """
+        epochs = getattr(self, "epochs", 0)
+        return isinstance(epochs, (int, float)) and epochs > 0
+
     def options(self) -> dict[str, Any]:
         """Options that differ from their defaults, in field order (what the pipeline printer writes)."""
         out: dict[str, Any] = {}

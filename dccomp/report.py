@@ -103,7 +103,20 @@ def size_report(ir: IR) -> SizeReport:
     rep.skipped = dict(ir.skipped)
     rep.skipped.update({d.name: f"stored raw: {d.reason}" for d in ir.dense
                         if d.reason not in ("bias", "normalization")})
+    rep.skipped.update({n: f"stored raw: {kind} unused by forward()"
+                        for n, (_, kind) in getattr(ir, "unused", {}).items()})
+    rep.skipped.update({n: "stored raw: buffer unused by forward()" for n in _unread_buffers(ir)})
     return rep
+
+
+def _unread_buffers(ir: IR) -> list[str]:
+    """Buffers of ``ir.gm``'s state dict that no graph node reads (neither a ``get_attr`` of the buffer nor a
+    ``call_module`` of its owner)."""
+    nodes = list(ir.gm.graph.nodes)
+    attrs = {str(n.target) for n in nodes if n.op == "get_attr"}
+    mods = tuple(f"{n.target}." for n in nodes if n.op == "call_module")
+    sd = ir.gm.state_dict()
+    return [name for name, _ in ir.gm.named_buffers() if name in sd and name not in attrs and not name.startswith(mods)]
 
 
 def report_from_manifest(meta: dict, section_bytes: dict[str, int], total: int) -> SizeReport:

@@ -8,6 +8,7 @@ step, so they hold whatever the step does.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -37,20 +38,52 @@ def make_optimizer(params: Sequence[torch.Tensor], name: str = "sgd", lr: float 
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
+_FORMS = ("a torch Dataset or DataLoader yielding (inputs, targets), an iterable of (inputs, targets) batches of "
+          "tensors, or a tuple (inputs, targets) of two tensors with the same first dimension")
+
+
+def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str = "training/eval data") -> Iterable:
+    """``data`` as an iterable of batches.
+
+    Raises:
+        TypeError: ``data`` is none of :data:`_FORMS` (a string, a dict, a list of more or fewer than 2 tensors...).
+        ValueError: ``(inputs, targets)`` tensors of different lengths.
+    """
     if data is None:
         return None
     if isinstance(data, DataLoader):
         return data
-    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        data = TensorDataset(*data)
+    if isinstance(data, (str, bytes, Mapping)):
+        hint = (" (a path or a data set name? load it first, e.g. dccomp.data.get_dataset('fashion-mnist', "
+                "'train'))" if isinstance(data, (str, bytes)) else " (pass (inputs, targets) tensors, not a mapping)")
+        raise TypeError(f"{what} must be {_FORMS}; got a {type(data).__name__}{hint}")
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        if len(data) != 2:
+            raise TypeError(f"{what}: got a {type(data).__name__} of {len(data)} tensors; expected (inputs, "
+                            "targets), two tensors with the same first dimension (e.g. (X, y) with X of shape "
+                            "(N, ...) and y of shape (N,)), or a list of (inputs, targets) batches")
+        x, y = data
+        if x.dim() == 0 or y.dim() == 0 or len(x) != len(y):
+            raise ValueError(f"{what}: inputs and targets must have the same first dimension (one target per "
+                             f"example), got inputs {tuple(x.shape)} and targets {tuple(y.shape)}")
+        data = TensorDataset(x, y)
     if isinstance(data, Dataset):
         g = torch.Generator().manual_seed(seed)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
     if isinstance(data, Iterable):
         return data
-    raise TypeError("training/eval data must be a torch Dataset, a DataLoader, an iterable of (inputs, targets) "
-                    f"batches, or a tuple (inputs, targets) of tensors; got {type(data).__name__}")
+    raise TypeError(f"{what} must be {_FORMS}; got {type(data).__name__}")
+
+
+def _xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, targets)`` of one batch. Raises TypeError saying what a batch must be."""
+    if (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)
+            and isinstance(batch[1], torch.Tensor)):
+        return batch[0], batch[1]
+    got = (f"a tensor of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor)
+           else f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""))
+    raise TypeError(f"each batch of the data must be an (inputs, targets) pair of tensors, got {got}; give data as "
+                    f"{_FORMS} (or a step_fn that unpacks your batches)")
 
 
 class Trainer:
@@ -74,13 +107,13 @@ class Trainer:
         self.step_fn = step_fn
         self.max_batches = max_batches
         self.device = torch.device(device)
-        _as_loader(train_data, batch_size, True, 0)  # type check early
-        _as_loader(eval_data, eval_batch_size, False, 0)
+        _as_loader(train_data, batch_size, True, 0, "train_data")  # type check early
+        _as_loader(eval_data, eval_batch_size, False, 0, "eval_data")
 
     def _step(self, module: nn.Module, batch: Any, opt: torch.optim.Optimizer) -> float:
         if self.step_fn is not None:
             return float(self.step_fn(module, batch, opt))
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = (t.to(self.device) for t in _xy(batch))
         opt.zero_grad(set_to_none=True)
         out = self.loss(module(x), y)
         out.backward()
@@ -157,7 +190,7 @@ class Trainer:
             module.eval()
         correct, n, loss_sum = 0, 0, 0.0
         for batch in _as_loader(data, self.eval_batch_size, False, 0):
-            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            x, y = (t.to(self.device) for t in _xy(batch))
             out = module(x)
             loss_sum += float(self.loss(out, y)) * len(y)
             correct += int((out.argmax(1) == y).sum())

@@ -51,7 +51,7 @@ def _check_weight(ir: IR, w: Weight) -> None:
         raise VerificationError(w.name, "cluster indices < k",
                                 f"indices span [{int(live_idx.min())}, {int(live_idx.max())}] with k={k}")
     if live_idx.numel():
-        diff = int((p[live] != cb[live_idx]).sum())
+        diff = int((p[live] != cb[live_idx].to(p.dtype)).sum())  # a centroid as the weight's dtype holds it
         if diff:
             raise VerificationError(w.name, "clustered weights == codebook[indices]", f"{diff} weights differ")
     if w.bits is None or (k > 1 and w.bits < math.ceil(math.log2(k))):
@@ -69,7 +69,7 @@ def verify(ir: IR) -> None:
 
     Checked per weight: mask shape == weight shape and dtype bool; masked entries exactly 0; codebook a finite
     1-D float32 tensor; cluster indices integer, weight-shaped, ``0 <= index < k`` at surviving positions;
-    surviving weights == ``codebook[indices]`` exactly; ``bits >= ceil(log2 k)``; coded size == sum of its
+    surviving weights == ``codebook[indices]`` exactly (rounded to the weight's dtype: float16/bfloat16 models); ``bits >= ceil(log2 k)``; coded size == sum of its
     streams. Checked for the model: every parameter is either a compressible weight or listed dense, exactly
     once, so sizes add up.
 

@@ -111,6 +111,10 @@ class Prune(Pass):
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
 
+    def needs_training_data(self) -> bool:
+        """Iterative pruning retrains between steps (``steps > 1`` and ``epochs > 0``); one-shot pruning does not."""
+        return self.steps > 1 and self.epochs > 0
+
     def check(self, ir: IR) -> str | None:
         problem = selector_problem(ir, self.layers, self.exclude)
         if problem:

@@ -99,7 +99,7 @@ def test_passes_lists_plugins(capsys):
 
 
 def test_compress_dumps_ir_after_each_pass(tmp_path):
-    main(["compress", "lenet-300-100", "--input-shape", "1,28,28", "--pipeline",
+    main(["compress", "lenet-300-100", "--random-weights", "--input-shape", "1,28,28", "--pipeline",
           "prune{sparsity=0.9},cluster{bits=4},huffman", "--out", str(tmp_path / "m.dcc"),
           "--dump-ir", str(tmp_path / "ir"), "--no-progress", "--json", str(tmp_path / "r.json")])
     files = sorted(p.name for p in (tmp_path / "ir").iterdir())
