@@ -34,7 +34,7 @@ MODELS = {
     "resnet18": (lambda: resnet18(1000), (1, 3, 224, 224),
                  "fold-bn,prune{sparsity=0.8},cluster{bits=5},huffman"),
     "mobilenet_v2": ("mobilenet_v2", (1, 3, 224, 224),
-                     "fold-bn,prune{sparsity=0.5,exclude=[\"conv2d.depthwise\"]},cluster{bits=6},huffman"),
+                     "fold-bn,prune{sparsity=0.5,exclude=conv2d.depthwise},cluster{bits=6},huffman"),
 }
 
 
