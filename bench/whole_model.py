@@ -68,7 +68,7 @@ def run(name: str, rounds: int, reps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         dcc_bytes = comp.save(pathlib.Path(d) / f"{name}.dcc")
     t0 = time.perf_counter()
-    tvm_model = dccomp.compile(comp, backend="tvm", example_inputs=x, backend_options={"detect_cpu": True})
+    tvm_model = dccomp.compile(comp, backend="tvm", example_inputs=x)  # llvm tuned for this CPU
     t_build = time.perf_counter() - t0
     low = tvm_model.lowered if "lowered" in tvm_model._modules else tvm_model._lowered_fn
     with torch.no_grad():

@@ -43,8 +43,10 @@ class TVMBackend:
             target: ``llvm`` | ``arm_cpu`` | ``cuda`` | ``mali`` or a target dict (see :mod:`.targets`).
             example_inputs: tensors giving the static input shapes (else ``ir.input_shapes``).
             **options: ``kernel="sparse"|"dense"`` forces the linear kernel; ``no_fuse=True`` disables
-                ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch; ``detect_cpu=True`` adds the host's
-                ``mcpu`` to the ``llvm`` target (AVX2/AVX-512 instead of generic x86-64 SSE2).
+                ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch; ``detect_cpu`` (default ``True`` here,
+                ``False`` in :meth:`export`) adds this machine's ``mcpu`` to the ``llvm`` target (AVX2/AVX-512
+                instead of generic x86-64 SSE2); ``convert_map={aten op: fn(node, importer)}`` adds frontend
+                converters for ops TVM lacks.
 
         The returned module runs the Relax VM on the CPU for host targets; for cross targets (aarch64, GPUs)
         calling it raises ``RuntimeError`` saying it can only be exported.
@@ -53,7 +55,8 @@ class TVMBackend:
         from .lower import LoweredModule, input_specs
 
         arch = options.pop("arch", None)
-        tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", False)))
+        # the module runs here: tune ``llvm`` for this CPU (AVX2/AVX-512 register tiles) unless told not to
+        tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", True)))
         return LoweredModule(ir, input_specs(ir, example_inputs), tgt, options, example_inputs)
 
     def export(self, ir, out_dir, *, target: str | dict = "llvm", example_inputs=None, name: str | None = None,
