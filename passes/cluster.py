@@ -16,6 +16,7 @@ from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selec
 __all__ = ["Cluster", "cluster_weight", "default_bits"]
 
 INITS = ("linear", "density", "random", "kmeans++", "optimal")
+EMPTY = ("drop", "reseed")
 
 
 def default_bits(w: Weight) -> int:
@@ -25,7 +26,7 @@ def default_bits(w: Weight) -> int:
 
 
 def cluster_weight(values: torch.Tensor, mask: torch.Tensor | None, bits: int, init: str = "linear",
-                   seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                   seed: int = 0, empty: str = "drop") -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the surviving entries of one weight.
 
     Args:
@@ -33,13 +34,16 @@ def cluster_weight(values: torch.Tensor, mask: torch.Tensor | None, bits: int, i
         mask: bool tensor of the same shape (``True`` = survives) or ``None`` (all survive).
         bits: bits per cluster index; k = 2**bits centroids at most (fewer when there are fewer distinct values).
         init: centroid initialization (``linear`` is the paper's best, §3.2).
+        empty: ``"drop"`` (centroids left empty are removed: k' < k) or ``"reseed"`` (each empty centroid is
+            moved to the value with the largest error, so all k centroids are used when there are >= k distinct
+            surviving values); see :mod:`dccomp.kmeans`.
 
     Returns:
         ``(codebook float32 (k',), indices int64 of values' shape)``; indices are 0 at pruned positions.
     """
     live = mask if mask is not None else torch.ones_like(values, dtype=torch.bool)
     data = values.detach()[live].double().numpy()
-    codebook, labels = kmeans_1d(data, 2 ** bits, init=init, seed=seed)
+    codebook, labels = kmeans_1d(data, 2 ** bits, init=init, seed=seed, empty=empty)
     indices = torch.zeros(values.shape, dtype=torch.int64)
     indices[live] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return torch.from_numpy(np.asarray(codebook, dtype=np.float32)).clone(), indices
@@ -55,7 +59,10 @@ class Cluster(Pass):
 
     Options: ``bits`` (default: 8 conv/embedding, 5 fc, as in the paper), ``layers`` ``{regex: bits}`` per
     layer, ``init`` (``linear`` default, ``density``, ``random`` (Forgy), ``kmeans++``, ``optimal``),
-    ``exclude`` (regex of weights left dense, matched like ``layers``), ``seed`` (added to the context seed).
+    ``exclude`` (regex of weights left dense, matched like ``layers``), ``seed`` (added to the context seed),
+    ``empty`` (``drop`` default: centroids that capture no weight are removed; ``reseed``: they are re-seeded at
+    the worst-fit weights, so the codebook uses all ``2**bits`` entries -- with the linear init on a pruned
+    layer most centroids otherwise fall in the empty middle and are dropped).
     """
 
     name = "cluster"
@@ -65,6 +72,7 @@ class Cluster(Pass):
     init: str = "linear"
     exclude: str | None = None
     seed: int = 0
+    empty: str = "drop"
 
     def __post_init__(self) -> None:
         validate_selectors(self.layers, self.exclude)
@@ -73,6 +81,8 @@ class Cluster(Pass):
                 raise ValueError(f"bits must be an integer in [1, 16], got {b!r}")
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.empty not in EMPTY:
+            raise ValueError(f"empty must be one of {', '.join(EMPTY)}, got {self.empty!r}")
 
     def check(self, ir: IR) -> str | None:
         return selector_problem(ir, self.layers, self.exclude) or super().check(ir)
@@ -84,7 +94,7 @@ class Cluster(Pass):
                 continue
             bits = int(select_value(w, self.layers, self.bits if self.bits is not None else default_bits(w)))
             p = ir.param(w.name)
-            codebook, indices = cluster_weight(p, w.mask, bits, self.init, ctx.seed + self.seed + i)
+            codebook, indices = cluster_weight(p, w.mask, bits, self.init, ctx.seed + self.seed + i, self.empty)
             with torch.no_grad():
                 live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
                 new = torch.zeros_like(p)

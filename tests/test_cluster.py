@@ -126,3 +126,23 @@ def test_option_errors_from_pipeline_text(text, match):
         dccomp.parse_pipeline(text)
     assert "'cluster'" in str(ei.value)
     assert isinstance(ei.value.__cause__, ValueError)
+
+
+def test_reseed_uses_every_centroid_on_a_pruned_layer():
+    """Linear init on a 90%-pruned layer leaves most of 32 centroids in the empty middle (dropped);
+    empty="reseed" keeps all 32 and lowers the weight error (issue: clustering that uses the bits it is given)."""
+    import dccomp
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512))
+    x = torch.zeros(1, 512)
+    err = {}
+    for empty in ("drop", "reseed"):
+        c = dccomp.compile(model, f"prune{{sparsity=0.9}},cluster{{bits=5,empty={empty}}}", example_inputs=x)
+        w = c.ir.weights["0.weight"]
+        err[empty] = (c.ir.param("0.weight") - model[0].weight * w.mask).abs()[w.mask].mean().item()
+        if empty == "drop":
+            assert w.k < 20
+        else:
+            assert w.k == 32
+    assert err["reseed"] < 0.5 * err["drop"]
