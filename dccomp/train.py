@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["Trainer", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["Trainer", "make_optimizer", "split_batch", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -37,11 +37,24 @@ def make_optimizer(params: Sequence[torch.Tensor], name: str = "sgd", lr: float 
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of a batch; ``targets`` is ``None`` for unlabelled data (a bare tensor or a
+    1-tuple, as a ``Dataset`` of inputs only or ``TensorDataset(X)`` yields)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 1:
+        return batch[0], (batch[1] if len(batch) >= 2 else None)
+    raise TypeError("a batch must be a tensor of inputs, or a tuple (inputs,) or (inputs, targets); "
+                    f"got {type(batch).__name__}")
+
+
 def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int) -> Iterable:
     if data is None:
         return None
     if isinstance(data, DataLoader):
         return data
+    if isinstance(data, torch.Tensor):  # unlabelled inputs (N, ...)
+        data = TensorDataset(data)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         data = TensorDataset(*data)
     if isinstance(data, Dataset):
@@ -57,7 +70,9 @@ class Trainer:
     """Data, loss and training loop for retraining.
 
     Args:
-        train_data: ``Dataset``, ``DataLoader``, iterable of ``(inputs, targets)`` batches, or ``(X, y)`` tensors.
+        train_data: ``Dataset``, ``DataLoader``, iterable of ``(inputs, targets)`` batches, or ``(X, y)`` tensors;
+            or unlabelled inputs for distillation (``retrain{distill=1}``): a tensor ``X``, a ``Dataset`` or
+            ``DataLoader`` yielding inputs only.
         eval_data: same forms, for :meth:`evaluate` (top-1 accuracy).
         loss: ``loss(outputs, targets) -> scalar tensor``; cross-entropy by default.
         batch_size: used when the data is not already a DataLoader.
@@ -77,12 +92,20 @@ class Trainer:
         _as_loader(train_data, batch_size, True, 0)  # type check early
         _as_loader(eval_data, eval_batch_size, False, 0)
 
-    def _step(self, module: nn.Module, batch: Any, opt: torch.optim.Optimizer) -> float:
+    def _step(self, module: nn.Module, batch: Any, opt: torch.optim.Optimizer,
+              objective: Callable | None = None) -> float:
         if self.step_fn is not None:
             return float(self.step_fn(module, batch, opt))
-        x, y = batch[0].to(self.device), batch[1].to(self.device)
+        x, y = split_batch(batch)
+        x, y = x.to(self.device), (None if y is None else y.to(self.device))
         opt.zero_grad(set_to_none=True)
-        out = self.loss(module(x), y)
+        if objective is not None:
+            out = objective(module(x), x, y)
+        elif y is None:
+            raise ValueError("the training data has no labels (batches hold inputs only); train on (inputs, "
+                             "targets), or distil from the uncompressed model with retrain{distill=1}")
+        else:
+            out = self.loss(module(x), y)
         out.backward()
         opt.step()
         return float(out.detach())
@@ -90,8 +113,12 @@ class Trainer:
     def fit(self, module: nn.Module, params: Sequence[torch.Tensor] | Sequence[dict], *, epochs: float = 1, optimizer: str = "sgd",
             lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
             after_step: Callable[[torch.optim.Optimizer], None] | None = None,
-            progress: Callable | None = None, seed: int = 0, schedule: str = "constant") -> dict[str, float]:
+            progress: Callable | None = None, seed: int = 0, schedule: str = "constant",
+            objective: Callable | None = None) -> dict[str, float]:
         """Train ``params`` (tensors or torch param-group dicts) of ``module`` for ``epochs`` (fractions allowed).
+
+        ``objective(outputs, inputs, targets_or_None) -> scalar loss`` replaces ``loss(outputs, targets)`` (used
+        for distillation, where targets may be absent); it cannot be combined with a user ``step_fn``.
 
         ``after_step(optimizer)`` runs after every optimizer step (dccomp re-applies masks there).
         ``schedule``: ``constant`` learning rate, or ``cosine`` (decayed to 0 over the epochs, per epoch).
@@ -109,6 +136,9 @@ class Trainer:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if objective is not None and self.step_fn is not None:
+            raise ValueError("a custom training objective (distillation) cannot be combined with a user step_fn: "
+                             "compute the distillation loss inside your step_fn, or drop step_fn")
         opt = make_optimizer(list(params), optimizer, lr, momentum, weight_decay)
         base = [g["lr"] for g in opt.param_groups]
         module.train()
@@ -134,7 +164,7 @@ class Trainer:
             for b, batch in it:
                 if limit is not None and b >= limit:
                     break
-                total += self._step(module, batch, opt)
+                total += self._step(module, batch, opt, objective)
                 count += 1
                 steps += 1
                 if after_step is not None:
@@ -157,7 +187,10 @@ class Trainer:
             module.eval()
         correct, n, loss_sum = 0, 0, 0.0
         for batch in _as_loader(data, self.eval_batch_size, False, 0):
-            x, y = batch[0].to(self.device), batch[1].to(self.device)
+            x, y = split_batch(batch)
+            if y is None:
+                raise ValueError("accuracy needs labelled eval data (inputs, targets); this batch has inputs only")
+            x, y = x.to(self.device), y.to(self.device)
             out = module(x)
             loss_sum += float(self.loss(out, y)) * len(y)
             correct += int((out.argmax(1) == y).sum())
