@@ -58,21 +58,22 @@ def fold_bn_into(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
         ValueError: channel counts differ, or ``bn`` has no running statistics.
         TypeError: ``layer`` is none of the supported types.
     """
+    if not isinstance(layer, (*_CONV, *_CONVT, nn.Linear)):
+        raise TypeError(f"cannot fold BatchNorm into {type(layer).__name__}; supported: Conv1d/2d/3d, "
+                        "ConvTranspose1d/2d/3d, Linear")
     scale, shift = bn_scale_shift(bn)
     w = layer.weight.detach()
     if isinstance(layer, _CONVT):
         g = layer.groups
         out_per_group = w.shape[1]
         n_out = g * out_per_group
-        view = w.double().reshape(g, w.shape[0] // g, out_per_group, *w.shape[2:])
-        s = scale.reshape(g, 1, out_per_group, *([1] * (w.dim() - 2)))
-        new_w = (view * s if n_out == scale.numel() else None)
-    elif isinstance(layer, (*_CONV, nn.Linear)):
+        new_w = None
+        if n_out == scale.numel():
+            view = w.double().reshape(g, w.shape[0] // g, out_per_group, *w.shape[2:])
+            new_w = view * scale.reshape(g, 1, out_per_group, *([1] * (w.dim() - 2)))
+    else:
         n_out = w.shape[0]
         new_w = w.double() * scale.reshape(-1, *([1] * (w.dim() - 1))) if n_out == scale.numel() else None
-    else:
-        raise TypeError(f"cannot fold BatchNorm into {type(layer).__name__}; supported: Conv1d/2d/3d, "
-                        "ConvTranspose1d/2d/3d, Linear")
     if new_w is None:
         raise ValueError(f"{type(layer).__name__} has {n_out} output channels but the BatchNorm has "
                          f"{scale.numel()} features")
