@@ -62,15 +62,19 @@ def big_layers(ir, min_numel: int) -> list[str]:
 
 
 def best_pipeline(ir, a: argparse.Namespace) -> str:
-    """fold-bn, prune ``a.sparsity`` of the big 1x1/fc layers, cluster (``a.bits`` bits on them, 8 elsewhere,
-    k-means++), distil, Huffman."""
+    """fold-bn, prune ``a.sparsity`` of the big 1x1/fc layers, [distil ``a.pre_epochs``], cluster (``a.bits`` bits
+    on them, 8 elsewhere, k-means++), distil ``a.epochs`` (centroids and biases), Huffman."""
     big = big_layers(ir, a.min_numel)
     rest = [w.name for w in ir if w.name not in big]
     b, r = json.dumps(_alternation(big)), json.dumps(_alternation(rest))  # pipeline strings are JSON strings
-    return (f"fold-bn,prune{{sparsity={a.sparsity},layers={{{b}:{a.sparsity}}},exclude={r}}},"
-            f"cluster{{bits=8,init=kmeans++,layers={{{b}:{a.bits}}}}},"
-            f"retrain{{distill=1,distill_loss={a.kd},temperature={a.temperature},epochs={a.epochs},lr={a.lr},"
-            f"optimizer=adam,weight_decay=0,freeze_bn=true}},huffman")
+    def distil(epochs: float, lr: float) -> str:
+        return (f"retrain{{distill=1,distill_loss={a.kd},temperature={a.temperature},epochs={epochs},lr={lr},"
+                "optimizer=adam,weight_decay=0,freeze_bn=true}")
+
+    prune = f"prune{{sparsity={a.sparsity},layers={{{b}:{a.sparsity}}},exclude={r}}}," if a.sparsity > 0 else ""
+    pre = distil(a.pre_epochs, a.pre_lr) + "," if a.pre_epochs > 0 else ""
+    return (f"fold-bn,{prune}{pre}cluster{{bits=8,init=kmeans++,layers={{{b}:{a.bits}}}}},"
+            + distil(a.epochs, a.lr) + ",huffman")
 
 
 def run_one(model_name: str, config: str, a: argparse.Namespace) -> dict:
@@ -133,6 +137,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--pre-epochs", type=float, default=0.0, help="distillation epochs between prune and cluster")
+    ap.add_argument("--pre-lr", type=float, default=3e-5)
     ap.add_argument("--kd", default="kl")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--sparsity", type=float, default=0.4)
