@@ -103,3 +103,13 @@ def test_distill_loss_values():
     assert float(distill_loss(s, t, "mse")) == pytest.approx(float(((s - t) ** 2).mean()), rel=1e-6)
     with pytest.raises(ValueError, match="differ"):
         distill_loss(s, t[:, :4])
+
+
+def test_freeze_bn_keeps_running_statistics():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(128, 20) * 3 + 1
+    frozen = dccomp.compile(model, "retrain{distill=1,epochs=1,freeze_bn=true}", train_data=x)
+    moved = dccomp.compile(model, "retrain{distill=1,epochs=1}", train_data=x)
+    assert torch.equal(frozen.ir.gm.get_buffer("1.running_mean"), model[1].running_mean)
+    assert not torch.equal(moved.ir.gm.get_buffer("1.running_mean"), model[1].running_mean)
