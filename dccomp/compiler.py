@@ -1,6 +1,7 @@
 """``dccomp.compile``: capture, run the pipeline, lower with a backend. Works on a copy of the user's model."""
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any, Callable, Iterable, Sequence
 
@@ -85,7 +86,8 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
             concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
             backend: str = "torch", target: Any = None, train_data: Any = None, eval_data: Any = None,
             loss: Callable | None = None, trainer: Trainer | None = None, verify: bool = False,
-            instruments: Sequence[Any] = (), seed: int = 0, backend_options: dict | None = None) -> CompiledModel:
+            instruments: Sequence[Any] = (), seed: int = 0, backend_options: dict | None = None,
+            teacher: nn.Module | None = None) -> CompiledModel:
     """Compress ``model`` with ``passes`` and lower it with ``backend``.
 
     Args:
@@ -106,6 +108,8 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
         verify: run the IR verifier before and after every pass.
         instruments: instrument objects (see :mod:`dccomp.instruments`).
         seed: base seed; the same inputs and seed give the same compressed model and file bytes.
+        teacher: model to distil from (``retrain{distill=...}``); by default a frozen copy of the model as it
+            was before the pipeline, made only when a pass needs one. A given teacher is copied, not modified.
 
     Returns:
         CompiledModel, in the mode (``training``) ``model`` was in: a model left in training mode gives a compiled
@@ -127,9 +131,14 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
         carry_model_state(ir, model)
     if trainer is None and (train_data is not None or eval_data is not None):
         trainer = Trainer(train_data, eval_data, loss)
-    ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments))
+    manager = PassManager(passes, verify=verify)
+    if teacher is None and any(getattr(p, "needs_teacher", False) for p in manager.passes):
+        teacher = ir.gm
+    if teacher is not None:
+        teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+    ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments), teacher=teacher)
     torch.manual_seed(seed)
-    ir = PassManager(passes, verify=verify).run(ir, ctx)
+    ir = manager.run(ir, ctx)
     opts = dict(backend_options or {})
     if target is not None:
         opts["target"] = target

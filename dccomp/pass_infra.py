@@ -38,6 +38,8 @@ class PassContext:
         instruments: objects notified before/after each pass and asked for progress bars.
         records: free-form measurements passes leave for instruments and reports, e.g. accuracy after
             retraining (``{"retrain#2": {"accuracy": 0.98}}``).
+        teacher: a frozen (eval-mode, ``requires_grad=False``) copy of the model as it was before the pipeline,
+            for distillation (``retrain{distill=...}``); ``dccomp.compile`` sets it when a pass needs it.
     """
 
     trainer: "Trainer | None" = None
@@ -45,6 +47,7 @@ class PassContext:
     instruments: list[Any] = field(default_factory=list)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     current: str = ""
+    teacher: Any = None
 
     def progress(self, iterable: Iterable, *, total: int | None = None, desc: str = "") -> Iterable:
         """Wrap ``iterable`` with the first instrument offering ``progress`` (e.g. tqdm); passes never print."""

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-__all__ = ["Trainer", "make_optimizer", "OPTIMIZERS"]
+__all__ = ["Trainer", "make_optimizer", "split_batch", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -39,7 +39,23 @@ def make_optimizer(params: Sequence[torch.Tensor], name: str = "sgd", lr: float 
 
 
 _FORMS = ("a torch Dataset or DataLoader yielding (inputs, targets), an iterable of (inputs, targets) batches of "
-          "tensors, or a tuple (inputs, targets) of two tensors with the same first dimension")
+          "tensors, or a tuple (inputs, targets) of two tensors with the same first dimension (for distillation "
+          "without labels: a tensor of inputs, or a Dataset/DataLoader of inputs only)")
+
+
+def split_batch(batch: Any) -> tuple[Any, Any]:
+    """``(inputs, targets)`` of a batch; ``targets`` is ``None`` for unlabelled data (a bare tensor or a
+    1-tuple, as a ``Dataset`` of inputs only or ``TensorDataset(X)`` yields).
+
+    Raises:
+        TypeError: the batch is neither a tensor nor a tuple/list starting with one.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch, None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
+        return batch[0], (batch[1] if len(batch) >= 2 else None)
+    raise TypeError(f"each batch of the data must be a tensor of inputs, or (inputs,) / (inputs, targets) tensors; "
+                    f"got a {type(batch).__name__}; give data as {_FORMS} (or a step_fn that unpacks your batches)")
 
 
 def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str = "training/eval data") -> Iterable:
@@ -67,6 +83,10 @@ def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str =
             raise ValueError(f"{what}: inputs and targets must have the same first dimension (one target per "
                              f"example), got inputs {tuple(x.shape)} and targets {tuple(y.shape)}")
         data = TensorDataset(x, y)
+    if isinstance(data, torch.Tensor):  # unlabelled inputs (N, ...): distillation
+        if data.dim() == 0:
+            raise ValueError(f"{what}: a tensor of inputs needs a first (example) dimension, got a scalar")
+        data = TensorDataset(data)
     if isinstance(data, Dataset):
         g = torch.Generator().manual_seed(seed)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
@@ -75,22 +95,13 @@ def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str =
     raise TypeError(f"{what} must be {_FORMS}; got {type(data).__name__}")
 
 
-def _xy(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(inputs, targets)`` of one batch. Raises TypeError saying what a batch must be."""
-    if (isinstance(batch, (tuple, list)) and len(batch) >= 2 and isinstance(batch[0], torch.Tensor)
-            and isinstance(batch[1], torch.Tensor)):
-        return batch[0], batch[1]
-    got = (f"a tensor of shape {tuple(batch.shape)}" if isinstance(batch, torch.Tensor)
-           else f"a {type(batch).__name__}" + (f" of {len(batch)} items" if isinstance(batch, (tuple, list)) else ""))
-    raise TypeError(f"each batch of the data must be an (inputs, targets) pair of tensors, got {got}; give data as "
-                    f"{_FORMS} (or a step_fn that unpacks your batches)")
-
-
 class Trainer:
     """Data, loss and training loop for retraining.
 
     Args:
-        train_data: ``Dataset``, ``DataLoader``, iterable of ``(inputs, targets)`` batches, or ``(X, y)`` tensors.
+        train_data: ``Dataset``, ``DataLoader``, iterable of ``(inputs, targets)`` batches, or ``(X, y)`` tensors;
+            or unlabelled inputs for distillation (``retrain{distill=1}``): a tensor ``X``, a ``Dataset`` or
+            ``DataLoader`` yielding inputs only.
         eval_data: same forms, for :meth:`evaluate` (top-1 accuracy).
         loss: ``loss(outputs, targets) -> scalar tensor``; cross-entropy by default.
         batch_size: used when the data is not already a DataLoader.
@@ -110,12 +121,20 @@ class Trainer:
         _as_loader(train_data, batch_size, True, 0, "train_data")  # type check early
         _as_loader(eval_data, eval_batch_size, False, 0, "eval_data")
 
-    def _step(self, module: nn.Module, batch: Any, opt: torch.optim.Optimizer) -> float:
+    def _step(self, module: nn.Module, batch: Any, opt: torch.optim.Optimizer,
+              objective: Callable | None = None) -> float:
         if self.step_fn is not None:
             return float(self.step_fn(module, batch, opt))
-        x, y = (t.to(self.device) for t in _xy(batch))
+        x, y = split_batch(batch)
+        x, y = x.to(self.device), (None if y is None else y.to(self.device))
         opt.zero_grad(set_to_none=True)
-        out = self.loss(module(x), y)
+        if objective is not None:
+            out = objective(module(x), x, y)
+        elif y is None:
+            raise ValueError("the training data has no labels (batches hold inputs only); train on (inputs, "
+                             "targets), or distil from the uncompressed model with retrain{distill=1}")
+        else:
+            out = self.loss(module(x), y)
         out.backward()
         opt.step()
         return float(out.detach())
@@ -123,8 +142,12 @@ class Trainer:
     def fit(self, module: nn.Module, params: Sequence[torch.Tensor] | Sequence[dict], *, epochs: float = 1, optimizer: str = "sgd",
             lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0,
             after_step: Callable[[torch.optim.Optimizer], None] | None = None,
-            progress: Callable | None = None, seed: int = 0, schedule: str = "constant") -> dict[str, float]:
+            progress: Callable | None = None, seed: int = 0, schedule: str = "constant",
+            objective: Callable | None = None) -> dict[str, float]:
         """Train ``params`` (tensors or torch param-group dicts) of ``module`` for ``epochs`` (fractions allowed).
+
+        ``objective(outputs, inputs, targets_or_None) -> scalar loss`` replaces ``loss(outputs, targets)`` (used
+        for distillation, where targets may be absent); it cannot be combined with a user ``step_fn``.
 
         ``after_step(optimizer)`` runs after every optimizer step (dccomp re-applies masks there).
         ``schedule``: ``constant`` learning rate, or ``cosine`` (decayed to 0 over the epochs, per epoch).
@@ -142,6 +165,9 @@ class Trainer:
             raise ValueError(f"epochs must be >= 0, got {epochs}")
         if schedule not in ("constant", "cosine"):
             raise ValueError(f"schedule must be 'constant' or 'cosine', got {schedule!r}")
+        if objective is not None and self.step_fn is not None:
+            raise ValueError("a custom training objective (distillation) cannot be combined with a user step_fn: "
+                             "compute the distillation loss inside your step_fn, or drop step_fn")
         opt = make_optimizer(list(params), optimizer, lr, momentum, weight_decay)
         base = [g["lr"] for g in opt.param_groups]
         module.train()
@@ -167,7 +193,7 @@ class Trainer:
             for b, batch in it:
                 if limit is not None and b >= limit:
                     break
-                total += self._step(module, batch, opt)
+                total += self._step(module, batch, opt, objective)
                 count += 1
                 steps += 1
                 if after_step is not None:
@@ -190,7 +216,10 @@ class Trainer:
             module.eval()
         correct, n, loss_sum = 0, 0, 0.0
         for batch in _as_loader(data, self.eval_batch_size, False, 0):
-            x, y = (t.to(self.device) for t in _xy(batch))
+            x, y = split_batch(batch)
+            if y is None:
+                raise ValueError("accuracy needs labelled eval data (inputs, targets); this batch has inputs only")
+            x, y = x.to(self.device), y.to(self.device)
             out = module(x)
             loss_sum += float(self.loss(out, y)) * len(y)
             correct += int((out.argmax(1) == y).sum())

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from dccomp.distill import KD_LOSSES, agreement_kl, distill_loss
 from dccomp.errors import PassError
 from dccomp.ir import IR, State
 from dccomp.pass_infra import Pass, PassContext, PassResult
@@ -40,9 +41,10 @@ class SharedWeightModule(nn.Module):
     centroid. Other parameters (masked or dense weights, biases, BatchNorm) are the model's own and train as usual.
     """
 
-    def __init__(self, ir: IR):
+    def __init__(self, ir: IR, freeze_bn: bool = False):
         super().__init__()
         self.model = ir.gm
+        self.freeze_bn = freeze_bn
         self.centroids = nn.ParameterDict()
         self._keys: dict[str, str] = {}
         self._index: dict[str, torch.Tensor] = {}
@@ -71,6 +73,16 @@ class SharedWeightModule(nn.Module):
             out[name] = w.masked_fill(~m, 0.0) if m is not None else w  # +0.0 exactly at pruned positions
         return out
 
+    def train(self, mode: bool = True) -> "SharedWeightModule":
+        """Set training mode; with ``freeze_bn`` BatchNorm layers stay in eval mode (running statistics used
+        and kept)."""
+        super().train(mode)
+        if self.freeze_bn:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
     def forward(self, *args, **kwargs):
         return functional_call(self.model, self.shared_weights(), args, kwargs, tie_weights=True, strict=False)
 
@@ -87,7 +99,16 @@ class Retrain(Pass):
 
     Options: ``epochs`` (may be fractional), ``lr`` (paper: 1/10 of the original rate for LeNet),
     ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum``, ``weight_decay``, ``centroid_lr`` (defaults to lr),
-    ``schedule`` (``constant`` learning rate, or ``cosine`` decay over the epochs).
+    ``schedule`` (``constant`` learning rate, or ``cosine`` decay over the epochs), ``freeze_bn`` (BatchNorm
+    stays in eval mode: running statistics neither used from the batch nor updated).
+
+    Distillation (Hinton et al. 2015), with the uncompressed model as teacher (``ctx.teacher``, a frozen copy
+    ``dccomp.compile`` keeps from before the pipeline): ``distill=alpha`` in [0, 1] trains on
+    ``alpha * KD + (1 - alpha) * CE(labels)``; ``distill=1`` needs no labels (train data may be inputs only: a
+    tensor, a ``Dataset`` or ``DataLoader`` of inputs). ``distill_loss``: ``kl`` (KL divergence of the
+    temperature-softened outputs, scaled by T**2; ``temperature=T``) or ``mse`` (outputs / embeddings).
+    With distillation, the eval data's inputs give ``eval_agreement`` (top-1 agreement with the teacher) and
+    ``eval_kl`` (mean KL(teacher || student), nats).
     """
 
     name = "retrain"
@@ -100,8 +121,26 @@ class Retrain(Pass):
     centroid_lr: float | None = None
     schedule: str = "constant"
     evaluate: bool = True
+    freeze_bn: bool = False
+    distill: float = 0.0
+    distill_loss: str = "kl"
+    temperature: float = 1.0
+
+    @property
+    def needs_teacher(self) -> bool:
+        """Whether this pass distils (then ``dccomp.compile`` keeps a frozen copy of the input model)."""
+        return float(self.distill) > 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.distill, bool):
+            object.__setattr__(self, "distill", 1.0 if self.distill else 0.0)
+        if not isinstance(self.distill, (int, float)) or not 0 <= self.distill <= 1:
+            raise ValueError(f"distill must be the weight alpha in [0, 1] of the distillation loss (1: no labels "
+                             f"needed), got {self.distill!r}")
+        if self.distill_loss not in KD_LOSSES:
+            raise ValueError(f"distill_loss must be one of {', '.join(KD_LOSSES)}, got {self.distill_loss!r}")
+        if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not isinstance(self.epochs, (int, float)) or self.epochs < 0:
             raise ValueError(f"epochs must be a number >= 0, got {self.epochs!r}")
         if not isinstance(self.lr, (int, float)) or self.lr <= 0:
@@ -115,8 +154,9 @@ class Retrain(Pass):
         if ctx.trainer is None or ctx.trainer.train_data is None:
             raise PassError("retrain needs training data: pass train_data=(and eval_data=, loss=) to "
                             "dccomp.compile or trainer=dccomp.Trainer(...)")
+        objective = self._objective(ctx, ctx.trainer.loss) if self.needs_teacher else None
         torch.manual_seed(ctx.seed)
-        module = SharedWeightModule(ir)
+        module = SharedWeightModule(ir, self.freeze_bn)
         masks = {ir.param(w.name): w.mask for w in ir.weights.values()
                  if w.mask is not None and w.codebook is None}
         if not any(p.requires_grad for p in ir.gm.parameters()) and not any(
@@ -140,7 +180,8 @@ class Retrain(Pass):
         try:
             stats = ctx.trainer.fit(module, groups, epochs=self.epochs, optimizer=self.optimizer, lr=self.lr,
                                     momentum=self.momentum, weight_decay=self.weight_decay, after_step=after_step,
-                                    progress=ctx.progress, seed=ctx.seed, schedule=self.schedule)
+                                    progress=ctx.progress, seed=ctx.seed, schedule=self.schedule,
+                                    objective=objective)
         finally:
             for h in hooks:
                 h.remove()
@@ -153,6 +194,40 @@ class Retrain(Pass):
                     ir.param(w.name).requires_grad_(w.name not in module.frozen)
         ir.gm.eval()
         if self.evaluate and ctx.trainer.eval_data is not None:
-            stats.update({f"eval_{k}": v for k, v in ctx.trainer.evaluate(ir.gm).items()})
+            if objective is not None:
+                stats.update(self._agreement(ir, ctx))
+            else:
+                stats.update({f"eval_{k}": v for k, v in ctx.trainer.evaluate(ir.gm).items()})
         ctx.record(**stats)
         return PassResult(ir, True)
+
+    def _objective(self, ctx: PassContext, ce):
+        """``loss(outputs, inputs, targets|None)``: alpha * KD(student, teacher) + (1 - alpha) * CE(targets)."""
+        teacher, alpha = ctx.teacher, float(self.distill)
+        if teacher is None:
+            raise PassError("retrain{distill=...} needs a teacher: dccomp.compile keeps one (the model before the "
+                            "pipeline) automatically; when running a PassManager yourself, pass "
+                            "PassContext(teacher=frozen_model)")
+
+        def objective(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+            with torch.no_grad():
+                target = teacher(x)
+            loss = distill_loss(out, target, self.distill_loss, self.temperature)
+            if alpha >= 1:
+                return loss
+            if y is None:
+                raise PassError(f"retrain{{distill={alpha}}} mixes in the label loss, but the training data has "
+                                "no labels: use distill=1 for unlabelled data")
+            return alpha * loss + (1 - alpha) * ce(out, y)
+
+        return objective
+
+    def _agreement(self, ir: IR, ctx: PassContext) -> dict[str, float]:
+        from dccomp.train import _as_loader, split_batch
+
+        same = kl = n = 0.0
+        for batch in _as_loader(ctx.trainer.eval_data, ctx.trainer.eval_batch_size, False, 0):
+            x = split_batch(batch)[0].to(ctx.trainer.device)
+            r = agreement_kl(ir.gm, ctx.teacher, x, batch_size=len(x))
+            same, kl, n = same + r["agreement"] * r["n"], kl + r["kl"] * r["n"], n + r["n"]
+        return {"eval_agreement": same / max(n, 1), "eval_kl": kl / max(n, 1)}
