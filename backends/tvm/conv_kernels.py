@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import CSRCodebook
+from .kernels import CSRCodebook, _act
 
 __all__ = ["conv_csr", "sparse_conv2d_func", "dense_conv2d_func", "conv2d_out_shape", "use_dense_conv"]
 
@@ -194,7 +194,7 @@ def _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, chunk) -> _
 # ---------------------------------------------------------------------------------------------------------
 # CPU kernels
 # ---------------------------------------------------------------------------------------------------------
-def _sparse_conv2d_cpu(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
+def _sparse_conv2d_cpu_plane(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
     from tvm.script import tirx as T
 
     n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
@@ -207,6 +207,11 @@ def _sparse_conv2d_cpu(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: s
     body = n * c * nph * pl
     slack = max(g.slack, 1)
     ws = body + slack
+    # wq == ow: the padded-pitch plane is y's own layout -> full chunks are stored straight into y
+    direct = wq == ow
+    ohw = oh * ow
+    nfull = ohw // ch
+    nout = ch if direct else nch * ch
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
@@ -214,6 +219,7 @@ def _sparse_conv2d_cpu(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: s
                codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
                y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
         xs = T.alloc_buffer((ws,), "float32", scope="global")
         for bc in T.parallel(n * c):
             for ph_ in T.serial(nph):
@@ -230,8 +236,8 @@ def _sparse_conv2d_cpu(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: s
         for bo in T.parallel(n * oc):
             off = T.alloc_buffer((tab,), "int32", scope="global")
             wv = T.alloc_buffer((tab,), "float32", scope="global")
-            acc = T.alloc_buffer((ch,), "float32", scope="global")
-            out = T.alloc_buffer((nch * ch,), "float32", scope="global")
+            acc = T.alloc_buffer((2, ch), "float32", scope="global")
+            out = T.alloc_buffer((nout,), "float32", scope="global")
             b = T.bind(bo // oc)
             o = T.bind(bo % oc)
             lo = T.bind(rowptr[o])
@@ -239,26 +245,141 @@ def _sparse_conv2d_cpu(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: s
             gbase = T.bind((b * c + o // ocg * icg) * nph * pl)
             for t in T.serial(nr):
                 cc = T.bind(T.Cast("int32", col[lo + t]))
-                ry = T.bind(cc % kk // kw * dh)
-                rx = T.bind(cc % kw * dw)
-                off[t] = gbase + ((cc // kk * nph + ry % sh * sw + rx % sw) * pl + ry // sh * wq + rx // sw)
+                ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
+                rx = T.bind(T.truncmod(cc, kw) * dw)
+                off[t] = gbase + ((T.truncdiv(cc, kk) * nph + ry % sh * sw + rx % sw) * pl + ry // sh * wq + rx // sw)
                 wv[t] = codebook[T.Cast("int32", code[lo + t])]
             for q in T.serial(nch):
                 for v in T.vectorized(ch):
-                    acc[v] = bias[o]
-                for t in T.serial(nr):
-                    wt = T.bind(wv[t])
-                    base = T.bind(off[t] + q * ch)
-                    for v in T.vectorized(ch):
-                        acc[v] = acc[v] + wt * xs[base + v]
+                    acc[0, v] = bias[o]
                 for v in T.vectorized(ch):
-                    out[q * ch + v] = acc[v]
-            for oy in T.serial(oh):
-                for ox in T.serial(ow):
-                    if relu:
-                        y[b, o, oy, ox] = T.max(out[oy * wq + ox], T.float32(0))
+                    acc[1, v] = T.float32(0)
+                for t in T.serial(nr // 2):
+                    w0 = T.bind(wv[t * 2])
+                    b0 = T.bind(off[t * 2] + q * ch)
+                    w1 = T.bind(wv[t * 2 + 1])
+                    b1 = T.bind(off[t * 2 + 1] + q * ch)
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + w0 * xs[b0 + v]
+                    for v in T.vectorized(ch):
+                        acc[1, v] = acc[1, v] + w1 * xs[b1 + v]
+                for t in T.serial(nr % 2):
+                    wt = T.bind(wv[nr - 1])
+                    bt = T.bind(off[nr - 1] + q * ch)
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + wt * xs[bt + v]
+                if direct:
+                    if q < nfull:
+                        for v in T.vectorized(ch):
+                            yf[bo * ohw + q * ch + v] = _act(acc[0, v] + acc[1, v], relu)
                     else:
-                        y[b, o, oy, ox] = out[oy * wq + ox]
+                        for v in T.vectorized(ch):
+                            out[v] = acc[0, v] + acc[1, v]
+                        for v in T.serial(ohw - nfull * ch):
+                            yf[bo * ohw + nfull * ch + v] = _act(out[v], relu)
+                else:
+                    for v in T.vectorized(ch):
+                        out[q * ch + v] = acc[0, v] + acc[1, v]
+            if not direct:
+                for oy in T.serial(oh):
+                    for ox in T.serial(ow):
+                        y[b, o, oy, ox] = _act(out[oy * wq + ox], relu)
+
+    return kernel
+
+
+def _sparse_conv2d_cpu_chunk(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
+                             nacc: int = 2):
+    from tvm.script import tirx as T
+
+    n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
+    kh, kw, sh, sw, ph, pw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw
+    hq, wq, pl, nph, icg, ocg = g.hq, g.wq, g.plane, g.nphase, g.icg, g.ocg
+    kk = kh * kw
+    nnz = max(int(nnz), 1)
+    ch, nch = g.chunk, g.nch
+    body = n * c * nph * pl
+    slack = max(g.slack, 1)
+    ws = body + slack
+    direct = wq == ow  # the padded-pitch plane is y's own layout: chunks go straight into y
+    ohw = oh * ow
+    nfull = ohw // ch
+    nstage = 1 if direct else n * oc * nch * ch
+    img = c * nph * pl
+
+    @T.prim_func
+    def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
+               col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
+               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
+               y: T.Buffer((n, oc, oh, ow), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
+        xs = T.alloc_buffer((ws,), "float32", scope="global")
+        toff = T.alloc_buffer((nnz,), "int32", scope="global")
+        tw = T.alloc_buffer((nnz,), "float32", scope="global")
+        stage = T.alloc_buffer((nstage,), "float32", scope="global")
+        for bc in T.parallel(n * c):
+            for ph_ in T.serial(nph):
+                for qy in T.serial(hq):
+                    for qx in T.serial(wq):
+                        iy = T.bind(qy * sh + ph_ // sw - ph)
+                        ix = T.bind(qx * sw + ph_ % sw - pw)
+                        xs[(bc * nph + ph_) * pl + qy * wq + qx] = T.if_then_else(
+                            iy >= 0 and iy < h and ix >= 0 and ix < w,
+                            x[bc // c, bc % c, T.max(T.min(iy, h - 1), 0), T.max(T.min(ix, w - 1), 0)],
+                            T.float32(0))
+        for i in T.serial(slack):
+            xs[body + i] = T.float32(0)
+        for o in T.parallel(oc):
+            for j in T.serial(rowptr[o], rowptr[o + 1]):
+                cc = T.bind(T.Cast("int32", col[j]))
+                ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
+                rx = T.bind(T.truncmod(cc, kw) * dw)
+                toff[j] = ((o // ocg * icg + T.truncdiv(cc, kk)) * nph + ry % sh * sw + rx % sw) * pl \
+                    + ry // sh * wq + rx // sw
+                tw[j] = codebook[T.Cast("int32", code[j])]
+        for bq in T.parallel(n * nch):
+            acc = T.alloc_buffer((nacc, ch), "float32", scope="global")
+            b = T.bind(bq // nch)
+            q = T.bind(bq % nch)
+            base = T.bind(b * img + q * ch)
+            for o in T.serial(oc):
+                lo = T.bind(rowptr[o])
+                nr = T.bind(rowptr[o + 1] - lo)
+                for v in T.vectorized(ch):
+                    acc[0, v] = bias[o]
+                for a in T.unroll(1, nacc):
+                    for v in T.vectorized(ch):
+                        acc[a, v] = T.float32(0)
+                for t in T.serial(nr // nacc):
+                    for a in T.unroll(nacc):
+                        wa = T.bind(tw[lo + t * nacc + a])
+                        ba = T.bind(toff[lo + t * nacc + a] + base)
+                        for v in T.vectorized(ch):
+                            acc[a, v] = acc[a, v] + wa * xs[ba + v]
+                for t in T.serial(nr % nacc):
+                    wt = T.bind(tw[lo + nr // nacc * nacc + t])
+                    bt = T.bind(toff[lo + nr // nacc * nacc + t] + base)
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + wt * xs[bt + v]
+                for a in T.unroll(1, nacc):
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + acc[a, v]
+                if direct:
+                    if q < nfull:
+                        for v in T.vectorized(ch):
+                            yf[(b * oc + o) * ohw + q * ch + v] = _act(acc[0, v], relu)
+                    else:
+                        for v in T.serial(ohw - nfull * ch):
+                            yf[(b * oc + o) * ohw + nfull * ch + v] = _act(acc[0, v], relu)
+                else:
+                    for v in T.vectorized(ch):
+                        stage[((b * oc + o) * nch + q) * ch + v] = acc[0, v]
+        if not direct:
+            for bo in T.parallel(n * oc):
+                for oy in T.serial(oh):
+                    for ox in T.serial(ow):
+                        y[bo // oc, bo % oc, oy, ox] = _act(stage[bo * nch * ch + oy * wq + ox], relu)
 
     return kernel
 
@@ -274,11 +395,16 @@ def _dense_conv2d_cpu(g: _Geom, relu: bool, name: str, ob: int):
     slack = max(g.slack, 1)
     ws = body + slack
     nob = oc // ob
+    direct = wq == ow
+    ohw = oh * ow
+    nfull = ohw // ch
+    nout = 1 if direct else nch * ch
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), weight: T.Buffer((oc, icg, kh, kw), "float32"),
                bias: T.Buffer((oc,), "float32"), y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
         xs = T.alloc_buffer((ws,), "float32", scope="global")
         for bc in T.parallel(n * c):
             for ph_ in T.serial(nph):
@@ -294,7 +420,7 @@ def _dense_conv2d_cpu(g: _Geom, relu: bool, name: str, ob: int):
             xs[body + i] = T.float32(0)
         for bo in T.parallel(n * nob):
             acc = T.alloc_buffer((ob, ch), "float32", scope="global")
-            out = T.alloc_buffer((ob, nch * ch), "float32", scope="global")
+            out = T.alloc_buffer((ob, nout), "float32", scope="global")
             b = T.bind(bo // nob)
             o0 = T.bind(bo % nob * ob)
             gbase = T.bind((b * c + o0 // ocg * icg) * nph * pl)
@@ -310,16 +436,24 @@ def _dense_conv2d_cpu(g: _Geom, relu: bool, name: str, ob: int):
                             for u in T.unroll(ob):
                                 for v in T.vectorized(ch):
                                     acc[u, v] = acc[u, v] + weight[o0 + u, ic, r, s] * xs[base + v]
-                for u in T.unroll(ob):
-                    for v in T.vectorized(ch):
-                        out[u, q * ch + v] = acc[u, v]
-            for u in T.serial(ob):
-                for oy in T.serial(oh):
-                    for ox in T.serial(ow):
-                        if relu:
-                            y[b, o0 + u, oy, ox] = T.max(out[u, oy * wq + ox], T.float32(0))
-                        else:
-                            y[b, o0 + u, oy, ox] = out[u, oy * wq + ox]
+                if direct:
+                    if q < nfull:
+                        for u in T.unroll(ob):
+                            for v in T.vectorized(ch):
+                                yf[(b * oc + o0 + u) * ohw + q * ch + v] = _act(acc[u, v], relu)
+                    else:
+                        for u in T.serial(ob):
+                            for v in T.serial(ohw - nfull * ch):
+                                yf[(b * oc + o0 + u) * ohw + nfull * ch + v] = _act(acc[u, v], relu)
+                else:
+                    for u in T.unroll(ob):
+                        for v in T.vectorized(ch):
+                            out[u, q * ch + v] = acc[u, v]
+            if not direct:
+                for u in T.serial(ob):
+                    for oy in T.serial(oh):
+                        for ox in T.serial(ow):
+                            y[b, o0 + u, oy, ox] = _act(out[u, oy * wq + ox], relu)
 
     return kernel
 
@@ -439,6 +573,21 @@ _GPU_THREADS = {"cuda": 128, "opencl": 64}
 _CPU_CHUNK = 32
 
 
+def _cpu_sparse_schedule(g: _Geom) -> str:
+    """``plane`` (per (image, output channel) plane) when each output channel reads a single input channel
+    (depthwise-like: no input reuse across output channels), else ``chunk`` (per spatial chunk, all output
+    channels, so the chunk's input stays in L1 across them). Measured: bench/conv_kernels.py --schedules."""
+    return "plane" if g.icg == 1 else "chunk"
+
+
+def _sparse_chunk(g: _Geom) -> int:
+    """Register tile (floats) of the ``chunk`` schedule: 64 (four AVX-512 / eight AVX2 registers, half the
+    offset-table traffic per FMA) unless padding the plane to a multiple of 64 wastes over 1/16 more lanes
+    than padding it to 32 (small planes, e.g. LeNet's 8x12)."""
+    p = g.oh * g.wq
+    return 64 if -(-p // 64) * 64 <= -(-p // 32) * 32 * 17 // 16 else 32
+
+
 def _kind(target) -> str:
     from .targets import target_kind
 
@@ -472,7 +621,10 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
     if k < 1:
         raise ValueError(f"codebook size k={k} must be >= 1")
     if kind == "llvm":
-        return _sparse_conv2d_cpu(g, nnz, k, col_dtype, code_dtype, relu, name)
+        if _cpu_sparse_schedule(g) == "plane":
+            return _sparse_conv2d_cpu_plane(g, nnz, k, col_dtype, code_dtype, relu, name)
+        g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, _sparse_chunk(g))
+        return _sparse_conv2d_cpu_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=4)
     return _sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _GPU_THREADS[kind])
 
 
@@ -491,7 +643,7 @@ def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, 
         ValueError: inconsistent shapes. NotImplementedError: another target kind.
     """
     kind = _kind(target)
-    g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, 16)
+    g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, _CPU_CHUNK)
     if kind == "llvm":
         ob = next(b for b in (4, 2, 1) if g.ocg % b == 0)
         return _dense_conv2d_cpu(g, relu, name, ob)
