@@ -571,6 +571,7 @@ def _dense_conv2d_gpu(g: _Geom, relu: bool, name: str, threads: int, simulate: b
 # ---------------------------------------------------------------------------------------------------------
 _GPU_THREADS = {"cuda": 128, "opencl": 64}
 _CPU_CHUNK = 32
+_GPU_MAX_K = 4096  # 16 KiB of shared memory
 
 
 def _cpu_sparse_schedule(g: _Geom) -> str:
@@ -620,6 +621,9 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
     g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, _CPU_CHUNK)
     if k < 1:
         raise ValueError(f"codebook size k={k} must be >= 1")
+    if kind != "llvm" and k > _GPU_MAX_K:
+        raise ValueError(f"the GPU conv kernels stage the codebook in shared memory: k={k} > {_GPU_MAX_K} "
+                         "centroids do not fit; cluster with fewer centroids (Deep Compression uses <= 256)")
     if kind == "llvm":
         if _cpu_sparse_schedule(g) == "plane":
             return _sparse_conv2d_cpu_plane(g, nnz, k, col_dtype, code_dtype, relu, name)
