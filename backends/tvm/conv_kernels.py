@@ -193,6 +193,49 @@ def _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, chunk) -> _
 
 # ---------------------------------------------------------------------------------------------------------
 # CPU kernels
+def _fill_macro(g: _Geom):
+    """TVMScript macro ``fill(x, xs)``: copy ``x`` into the zero-padded, stride-decomposed workspace ``xs``
+    (module docstring). Rows are split into left border / contiguous copy / right border (no per-element
+    bounds test); phases no tap reads (e.g. the odd phases of a strided 1x1 conv) are only zeroed."""
+    from tvm.script import tirx as T
+
+    n, c, h, w, sh, sw, ph, pw = g.n, g.c, g.h, g.w, g.sh, g.sw, g.ph, g.pw
+    hq, wq, pl, nph = g.hq, g.wq, g.plane, g.nphase
+    used_y = sum(1 << py for py in {r * g.dh % sh for r in range(g.kh)})  # bit py: a tap reads phase row py
+    used_x = sum(1 << px for px in {s * g.dw % sw for s in range(g.kw)})
+    used_y, used_x = (-1 if sh > 30 else used_y), (-1 if sw > 30 else used_x)  # int32 masks; -1 = all
+    body = n * c * nph * pl
+    slack = max(g.slack, 1)
+
+    @T.macro
+    def fill(x, xs):
+        for bc in T.parallel(n * c):
+            for p_ in T.serial(nph):
+                if T.shift_right(used_y, p_ // sw) % 2 == 1 and T.shift_right(used_x, p_ % sw) % 2 == 1:
+                    for qy in T.serial(hq):
+                        iy = T.bind(qy * sh + p_ // sw - ph)
+                        row = T.bind((bc * nph + p_) * pl + qy * wq)
+                        if iy >= 0 and iy < h:
+                            lo = T.bind(T.min((pw - p_ % sw + sw - 1) // sw, wq))
+                            hi = T.bind(T.max(T.min((w - 1 + pw - p_ % sw) // sw + 1, wq), lo))
+                            for qx in T.serial(lo):
+                                xs[row + qx] = T.float32(0)
+                            for qx in T.serial(hi - lo):
+                                xs[row + lo + qx] = x[bc // c, bc % c, iy, (lo + qx) * sw + p_ % sw - pw]
+                            for qx in T.serial(wq - hi):
+                                xs[row + hi + qx] = T.float32(0)
+                        else:
+                            for qx in T.serial(wq):
+                                xs[row + qx] = T.float32(0)
+                else:
+                    for i in T.serial(pl):
+                        xs[(bc * nph + p_) * pl + i] = T.float32(0)
+        for i in T.serial(slack):
+            xs[body + i] = T.float32(0)
+
+    return fill
+
+
 # ---------------------------------------------------------------------------------------------------------
 def _sparse_conv2d_cpu_plane(g: _Geom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
     from tvm.script import tirx as T
@@ -207,6 +250,7 @@ def _sparse_conv2d_cpu_plane(g: _Geom, nnz: int, k: int, col_dtype: str, code_dt
     body = n * c * nph * pl
     slack = max(g.slack, 1)
     ws = body + slack
+    fill = _fill_macro(g)
     # wq == ow: the padded-pitch plane is y's own layout -> full chunks are stored straight into y
     direct = wq == ow
     ohw = oh * ow
@@ -221,18 +265,7 @@ def _sparse_conv2d_cpu_plane(g: _Geom, nnz: int, k: int, col_dtype: str, code_dt
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
         xs = T.alloc_buffer((ws,), "float32", scope="global")
-        for bc in T.parallel(n * c):
-            for ph_ in T.serial(nph):
-                for qy in T.serial(hq):
-                    for qx in T.serial(wq):
-                        iy = T.bind(qy * sh + ph_ // sw - ph)
-                        ix = T.bind(qx * sw + ph_ % sw - pw)
-                        xs[(bc * nph + ph_) * pl + qy * wq + qx] = T.if_then_else(
-                            iy >= 0 and iy < h and ix >= 0 and ix < w,
-                            x[bc // c, bc % c, T.max(T.min(iy, h - 1), 0), T.max(T.min(ix, w - 1), 0)],
-                            T.float32(0))
-        for i in T.serial(slack):
-            xs[body + i] = T.float32(0)
+        fill(x, xs)
         for bo in T.parallel(n * oc):
             off = T.alloc_buffer((tab,), "int32", scope="global")
             wv = T.alloc_buffer((tab,), "float32", scope="global")
@@ -301,6 +334,7 @@ def _sparse_conv2d_cpu_chunk(g: _Geom, nnz: int, k: int, col_dtype: str, code_dt
     body = n * c * nph * pl
     slack = max(g.slack, 1)
     ws = body + slack
+    fill = _fill_macro(g)
     direct = wq == ow  # the padded-pitch plane is y's own layout: chunks go straight into y
     ohw = oh * ow
     nfull = ohw // ch
@@ -318,18 +352,7 @@ def _sparse_conv2d_cpu_chunk(g: _Geom, nnz: int, k: int, col_dtype: str, code_dt
         toff = T.alloc_buffer((nnz,), "int32", scope="global")
         tw = T.alloc_buffer((nnz,), "float32", scope="global")
         stage = T.alloc_buffer((nstage,), "float32", scope="global")
-        for bc in T.parallel(n * c):
-            for ph_ in T.serial(nph):
-                for qy in T.serial(hq):
-                    for qx in T.serial(wq):
-                        iy = T.bind(qy * sh + ph_ // sw - ph)
-                        ix = T.bind(qx * sw + ph_ % sw - pw)
-                        xs[(bc * nph + ph_) * pl + qy * wq + qx] = T.if_then_else(
-                            iy >= 0 and iy < h and ix >= 0 and ix < w,
-                            x[bc // c, bc % c, T.max(T.min(iy, h - 1), 0), T.max(T.min(ix, w - 1), 0)],
-                            T.float32(0))
-        for i in T.serial(slack):
-            xs[body + i] = T.float32(0)
+        fill(x, xs)
         for o in T.parallel(oc):
             for j in T.serial(rowptr[o], rowptr[o + 1]):
                 cc = T.bind(T.Cast("int32", col[j]))
@@ -394,6 +417,7 @@ def _dense_conv2d_cpu(g: _Geom, relu: bool, name: str, ob: int):
     body = n * c * nph * pl
     slack = max(g.slack, 1)
     ws = body + slack
+    fill = _fill_macro(g)
     nob = oc // ob
     direct = wq == ow
     ohw = oh * ow
@@ -406,18 +430,7 @@ def _dense_conv2d_cpu(g: _Geom, relu: bool, name: str, ob: int):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
         xs = T.alloc_buffer((ws,), "float32", scope="global")
-        for bc in T.parallel(n * c):
-            for ph_ in T.serial(nph):
-                for qy in T.serial(hq):
-                    for qx in T.serial(wq):
-                        iy = T.bind(qy * sh + ph_ // sw - ph)
-                        ix = T.bind(qx * sw + ph_ % sw - pw)
-                        xs[(bc * nph + ph_) * pl + qy * wq + qx] = T.if_then_else(
-                            iy >= 0 and iy < h and ix >= 0 and ix < w,
-                            x[bc // c, bc % c, T.max(T.min(iy, h - 1), 0), T.max(T.min(ix, w - 1), 0)],
-                            T.float32(0))
-        for i in T.serial(slack):
-            xs[body + i] = T.float32(0)
+        fill(x, xs)
         for bo in T.parallel(n * nob):
             acc = T.alloc_buffer((ob, ch), "float32", scope="global")
             out = T.alloc_buffer((ob, nout), "float32", scope="global")
