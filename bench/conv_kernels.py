@@ -1,15 +1,16 @@
 """Benchmark dccomp's TVM convolution kernels: direct sparse conv (CSR + codebook) vs the scheduled dense
 fallback vs torch's F.conv2d, on ResNet-18 / MobileNetV2 / LeNet-5 layers at several densities.
 
-    python bench/conv_kernels.py [--threads 1] [--rounds 7] [--generic] [--schedules] [--quick]
+    python bench/conv_kernels.py [--threads 1] [--rounds 7] [--mcpu generic|haswell] [--schedules] [--quick]
 
 Sets TVM_NUM_THREADS / TVM_BIND_THREADS=0 and torch.set_num_threads to the same count before TVM starts its
 thread pool. Every variant of a layer (torch, TVM dense, TVM sparse at each density) is timed in interleaved
 rounds (shuffled order each round, median of a few calls per round); the reported time is the median over
 rounds, and the table prints ratios (the machine is shared: absolute times are noisy). Every kernel is first
 checked against F.conv2d on the decoded weight. ``--schedules`` also times both CPU sparse schedules
-(``plane`` / ``chunk``, see backends/tvm/conv_kernels.py). ``--generic`` compiles for the generic x86-64
-target (SSE2) instead of the host CPU. Writes bench/results/conv_kernels[_generic].json.
+(``plane`` / ``chunk``, see backends/tvm/conv_kernels.py). ``--mcpu generic`` compiles for the generic x86-64
+target (SSE2), ``--mcpu haswell`` for AVX2, instead of the host CPU. Writes
+bench/results/conv_kernels[_MCPU].json.
 """
 from __future__ import annotations
 
@@ -42,7 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--round-ms", type=float, default=15.0, help="time per variant per round")
-    ap.add_argument("--generic", action="store_true", help="generic x86-64 target instead of the host mcpu")
+    ap.add_argument("--mcpu", default=None,
+                    help="LLVM cpu to compile for (default: the host's; 'generic' = generic x86-64, SSE2; "
+                         "e.g. 'haswell' = AVX2, runs on any newer x86 host)")
     ap.add_argument("--schedules", action="store_true", help="time both CPU sparse schedules")
     ap.add_argument("--quick", action="store_true", help="two layers, two densities, 3 rounds (smoke test)")
     ap.add_argument("--out", default=None)
@@ -59,7 +62,12 @@ def main(argv=None) -> int:
     from dccomp.backends.tvm.targets import resolve_target
 
     torch.set_num_threads(args.threads)
-    tdict = resolve_target("llvm", detect_cpu=not args.generic)
+    if args.mcpu in (None, "host"):
+        tdict = resolve_target("llvm", detect_cpu=True)
+    elif args.mcpu == "generic":
+        tdict = resolve_target("llvm")
+    else:
+        tdict = {"kind": "llvm", "mcpu": args.mcpu}
     target = tvm.target.Target(tdict)
     rng = np.random.default_rng(0)
     layers, dens, rounds = LAYERS, DENSITIES, args.rounds
@@ -71,7 +79,7 @@ def main(argv=None) -> int:
 
     print(f"threads={args.threads} rounds={rounds} target={tdict} torch={torch.__version__} tvm={tvm.__version__}")
     hdr = (f"{'layer':<50} {'dens':>5} {'nnz':>8} | {'sparse/dense':>12} {'sparse/torch':>12} "
-           f"{'dense/torch':>11}" + (" | chunk/plane" if args.schedules else ""))
+           f"{'dense/torch':>11} {'choice':>7}" + (" | chunk/plane" if args.schedules else ""))
     print(hdr)
     print("-" * len(hdr))
     rows = []
@@ -154,15 +162,16 @@ def main(argv=None) -> int:
                    "schedule": C._cpu_sparse_schedule(C._geom(n, c, h, w, oc, kh, kw, s, p, 1, g, C._CPU_CHUNK)),
                    "sparse_us": ts_, "dense_us": td, "torch_us": tt, "sparse_over_dense": ts_ / td,
                    "sparse_over_torch": ts_ / tt, "dense_over_torch": td / tt,
-                   "use_dense_conv": C.use_dense_conv(d, oc, c // g, kh, kw, oh, ow)}
-            line = (f"{lname:<50} {d:>5.2f} {nnz:>8} | {ts_ / td:>12.2f} {ts_ / tt:>12.2f} {td / tt:>11.2f}")
+                   "use_dense_conv": C.use_dense_conv(d, oc, c // g, kh, kw, oh, ow, target=tdict)}
+            line = (f"{lname:<50} {d:>5.2f} {nnz:>8} | {ts_ / td:>12.2f} {ts_ / tt:>12.2f} {td / tt:>11.2f} "
+                    f"{'dense' if row['use_dense_conv'] else 'sparse':>7}")
             if args.schedules:
                 row["plane_us"], row["chunk_us"] = med[("plane", d)], med[("chunk", d)]
                 line += f" | {med[('chunk', d)] / med[('plane', d)]:>11.2f}"
             rows.append(row)
             print(line, flush=True)
-    out = Path(args.out) if args.out else Path(__file__).parent / "results" / (
-        "conv_kernels_generic.json" if args.generic else "conv_kernels.json")
+    suffix = "" if args.mcpu in (None, "host") else f"_{args.mcpu}"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"conv_kernels{suffix}.json"
     if not args.quick:
         out.parent.mkdir(parents=True, exist_ok=True)
         meta = {"threads": args.threads, "rounds": rounds, "target": tdict, "torch": torch.__version__,

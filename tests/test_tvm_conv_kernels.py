@@ -229,11 +229,27 @@ def test_arm_cpu_sparse_conv_exports_aarch64_elf(tmp_path):
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
 
 
+TARGETS = [None, {"kind": "llvm"}, {"kind": "llvm", "mcpu": "haswell"}, {"kind": "llvm", "mcpu": "znver5"},
+           resolve_target("arm_cpu"), resolve_target("cuda"), resolve_target("mali")]
+
+
 @settings(max_examples=50, deadline=None)
 @given(d1=st.floats(0.0, 1.0), d2=st.floats(0.0, 1.0), oc=st.integers(1, 1024), icg=st.integers(1, 1024),
-       kk=st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7)]), ohw=st.integers(1, 224))
-def test_use_dense_conv_is_monotonic_in_density(d1, d2, oc, icg, kk, ohw):
+       kk=st.sampled_from([(1, 1), (3, 3), (5, 5), (7, 7)]), ohw=st.integers(1, 224), target=st.sampled_from(TARGETS))
+def test_use_dense_conv_is_monotonic_in_density(d1, d2, oc, icg, kk, ohw, target):
     lo, hi = sorted((d1, d2))
-    if CK.use_dense_conv(lo, oc, icg, *kk, ohw, ohw):
-        assert CK.use_dense_conv(hi, oc, icg, *kk, ohw, ohw)
-    assert not CK.use_dense_conv(0.0, oc, icg, *kk, ohw, ohw)
+    if CK.use_dense_conv(lo, oc, icg, *kk, ohw, ohw, target=target):
+        assert CK.use_dense_conv(hi, oc, icg, *kk, ohw, ohw, target=target)
+    assert not CK.use_dense_conv(0.0, oc, icg, *kk, ohw, ohw, target=target)
+    assert CK.use_dense_conv(1.0, oc, icg, *kk, ohw, ohw, target=target)
+
+
+def test_use_dense_conv_picks_the_row_of_the_target_isa():
+    assert CK._cpu_tiles({"kind": "llvm", "mcpu": "znver5"}).lanes == 16
+    assert CK._cpu_tiles({"kind": "llvm", "mcpu": "haswell"}).lanes == 8
+    assert CK._cpu_tiles({"kind": "llvm"}).lanes == 4
+    resnet3x3 = (128, 128, 3, 3, 28, 28)
+    assert CK.use_dense_conv(0.4, *resnet3x3, target={"kind": "llvm", "mcpu": "znver5"})  # 0.35 on AVX-512
+    assert not CK.use_dense_conv(0.4, *resnet3x3)  # generic x86-64: 0.65
+    assert CK._conv_class(144, 1, 3, 3) == "small" and CK._conv_class(192, 32, 1, 1) == "pointwise"
+    assert CK._conv_class(50, 20, 5, 5) == "reduce_odd_oc" and CK._conv_class(64, 64, 3, 3) == "reduce"

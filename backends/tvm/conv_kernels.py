@@ -49,7 +49,8 @@ import numpy as np
 
 from .kernels import CSRCodebook, _act
 
-__all__ = ["conv_csr", "sparse_conv2d_func", "dense_conv2d_func", "conv2d_out_shape", "use_dense_conv"]
+__all__ = ["conv_csr", "sparse_conv2d_func", "dense_conv2d_func", "conv2d_out_shape", "use_dense_conv",
+           "DENSE_CONV_THRESHOLDS", "GPU_DENSE_CONV_THRESHOLD"]
 
 
 def _pair(v, what: str) -> tuple[int, int]:
@@ -594,12 +595,50 @@ def _cpu_sparse_schedule(g: _Geom) -> str:
     return "plane" if g.icg == 1 else "chunk"
 
 
-def _sparse_chunk(g: _Geom) -> int:
-    """Register tile (floats) of the ``chunk`` schedule: 64 (four AVX-512 / eight AVX2 registers, half the
-    offset-table traffic per FMA) unless padding the plane to a multiple of 64 wastes over 1/16 more lanes
-    than padding it to 32 (small planes, e.g. LeNet's 8x12)."""
-    p = g.oh * g.wq
-    return 64 if -(-p // 64) * 64 <= -(-p // 32) * 32 * 17 // 16 else 32
+@dataclass(frozen=True)
+class _Tiles:
+    """Register tiles for one CPU ISA (``lanes`` floats per vector register, ``nregs`` registers)."""
+
+    lanes: int
+    nregs: int
+
+    @property
+    def dense_chunk(self) -> int:  # ob=4 output channels x 2 vectors = 8 accumulator registers
+        return 2 * self.lanes
+
+    @property
+    def plane_chunk(self) -> int:  # 2 accumulator sets x 2 vectors
+        return 2 * self.lanes
+
+    @property
+    def sparse_nacc(self) -> int:  # independent accumulator sets (FMA chains): 16 or 8 registers
+        return 4 if self.nregs >= 32 else 2
+
+    def sparse_chunk(self, g: _Geom) -> int:
+        """4 vectors per accumulator set (less offset-table traffic per FMA) unless padding the plane to a
+        multiple of that wastes over 1/16 more lanes than padding it to 2 vectors (small planes)."""
+        big, small = 4 * self.lanes, 2 * self.lanes
+        p = g.oh * g.wq
+        return big if -(-p // big) * big <= -(-p // small) * small * 17 // 16 else small
+
+
+def _cpu_tiles(target) -> _Tiles:
+    """AVX-512: 16 lanes, 32 registers; AVX2: 8 lanes, 16; aarch64 NEON: 4 lanes, 32; otherwise (generic
+    x86-64 = SSE2) 4 lanes, 16."""
+    import tvm
+    from tvm.target import codegen
+
+    from .targets import resolve_target
+
+    t = resolve_target(target)
+    if str(t.get("mtriple", "")).startswith(("aarch64", "arm64")):
+        return _Tiles(4, 32)
+    tt = tvm.target.Target(t)
+    if codegen.target_has_features("avx512f", tt):
+        return _Tiles(16, 32)
+    if codegen.target_has_features("avx2", tt):
+        return _Tiles(8, 16)
+    return _Tiles(4, 16)
 
 
 def _kind(target) -> str:
@@ -638,10 +677,12 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
         raise ValueError(f"the GPU conv kernels stage the codebook in shared memory: k={k} > {_GPU_MAX_K} "
                          "centroids do not fit; cluster with fewer centroids (Deep Compression uses <= 256)")
     if kind == "llvm":
+        tiles = _cpu_tiles(target)
         if _cpu_sparse_schedule(g) == "plane":
+            g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.plane_chunk)
             return _sparse_conv2d_cpu_plane(g, nnz, k, col_dtype, code_dtype, relu, name)
-        g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, _sparse_chunk(g))
-        return _sparse_conv2d_cpu_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=4)
+        g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.sparse_chunk(g))
+        return _sparse_conv2d_cpu_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=tiles.sparse_nacc)
     return _sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _GPU_THREADS[kind])
 
 
@@ -660,14 +701,60 @@ def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, 
         ValueError: inconsistent shapes. NotImplementedError: another target kind.
     """
     kind = _kind(target)
-    g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, _CPU_CHUNK)
+    chunk = _cpu_tiles(target).dense_chunk if kind == "llvm" else _CPU_CHUNK
+    g = _geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, chunk)
     if kind == "llvm":
         ob = next(b for b in (4, 2, 1) if g.ocg % b == 0)
         return _dense_conv2d_cpu(g, relu, name, ob)
     return _dense_conv2d_gpu(g, relu, name, _GPU_THREADS[kind])
 
 
-def use_dense_conv(density: float, oc: int, ic_g: int, kh: int, kw: int, oh: int, ow: int) -> bool:
-    """True if a conv layer of this weight density should run on the dense fallback (measured, see the
-    module docstring)."""
-    return density >= 0.5
+# Density from which the dense fallback beats the sparse kernel, by CPU vector width (lanes) and layer class
+# (see _conv_class); measured with bench/conv_kernels.py (table in the module docstring).
+DENSE_CONV_THRESHOLDS: dict[int, dict[str, float]] = {
+    16: {"reduce": 0.35, "reduce_odd_oc": 0.55, "pointwise": 0.6, "small": 0.6},   # AVX-512 (znver5)
+    8: {"reduce": 0.55, "reduce_odd_oc": 1.0, "pointwise": 0.8, "small": 0.7},     # AVX2 (mcpu=haswell)
+    4: {"reduce": 0.65, "reduce_odd_oc": 0.7, "pointwise": 0.95, "small": 0.6},    # SSE2 (generic x86-64)
+}
+GPU_DENSE_CONV_THRESHOLD = 0.5  # not measured (no GPU here): see use_dense_conv
+
+
+def _conv_class(oc: int, ic_g: int, kh: int, kw: int) -> str:
+    """``pointwise`` (1x1), ``small`` (fewer than 64 taps per output, e.g. depthwise 3x3), ``reduce`` (the
+    dense fallback blocks 4 output channels) or ``reduce_odd_oc`` (``oc % 4 != 0``: it blocks only 2 or 1)."""
+    if kh * kw == 1:
+        return "pointwise"
+    if ic_g * kh * kw < 64:
+        return "small"
+    return "reduce" if oc % 4 == 0 else "reduce_odd_oc"
+
+
+def use_dense_conv(density: float, oc: int, ic_g: int, kh: int, kw: int, oh: int, ow: int, *,
+                   target: dict | None = None) -> bool:
+    """True if a conv layer of this weight density should run on :func:`dense_conv2d_func` rather than
+    :func:`sparse_conv2d_func`.
+
+    Args:
+        density: non-zeros / weights of the layer, in [0, 1].
+        oc, ic_g, kh, kw: output channels, input channels per group, kernel size.
+        oh, ow: output size. Accepted for the caller's convenience; the measured crossovers did not move
+            with the plane size (7x7 ... 56x56), so the rule does not use them.
+        target: the target the kernel is compiled for. ``None`` = the generic x86-64 ``llvm`` target
+            (dccomp's default). CPU targets pick :data:`DENSE_CONV_THRESHOLDS` by vector width
+            (AVX-512 16 lanes, AVX2 8, otherwise 4: SSE2 measured; aarch64 NEON uses that row, unmeasured).
+            GPU targets use :data:`GPU_DENSE_CONV_THRESHOLD` = 0.5, *not measured*: both GPU kernels run
+            one thread per output pixel over the taps, the sparse one over ``density * taps`` of them with
+            one more broadcast load each.
+
+    Returns:
+        ``density >= threshold(target, layer class)``.
+    """
+    if target is not None:
+        from .targets import is_gpu
+
+        if is_gpu(target):
+            return density >= GPU_DENSE_CONV_THRESHOLD
+        lanes = _cpu_tiles(target).lanes
+    else:
+        lanes = 4
+    return density >= DENSE_CONV_THRESHOLDS[lanes][_conv_class(oc, ic_g, kh, kw)]
