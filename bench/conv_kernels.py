@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     import tvm
 
     from dccomp.backends.tvm import conv_kernels as C
+    from dccomp.backends.tvm.conv_cpu import sparse_conv2d_chunk, sparse_conv2d_plane
+    from dccomp.backends.tvm.conv_geom import DEFAULT_CHUNK, conv_geom
     from dccomp.backends.tvm.targets import resolve_target
 
     torch.set_num_threads(args.threads)
@@ -111,8 +113,8 @@ def main(argv=None) -> int:
                 if kind == "product":
                     f = C.sparse_conv2d_func(tdict, **geo, **kargs)
                 else:
-                    gg = C._geom(n, c, h, w, oc, kh, kw, (s, s), (p, p), (1, 1), g, C._CPU_CHUNK)
-                    mk = C._sparse_conv2d_cpu_plane if kind == "plane" else C._sparse_conv2d_cpu_chunk
+                    gg = conv_geom(n, c, h, w, oc, kh, kw, (s, s), (p, p), (1, 1), g, DEFAULT_CHUNK)
+                    mk = sparse_conv2d_plane if kind == "plane" else sparse_conv2d_chunk
                     f = mk(gg, kargs["nnz"], kargs["k"], kargs["col_dtype"], kargs["code_dtype"], False, name)
                 fn = compile_fn(f, name)
                 wts = [tvm.runtime.tensor(a) for a in csr.arrays() + [bias]]
@@ -159,7 +161,7 @@ def main(argv=None) -> int:
             nnz = int(np.count_nonzero(u < d))
             row = {"layer": lname, "n": n, "c": c, "h": h, "w": w, "oc": oc, "kh": kh, "kw": kw, "stride": s,
                    "padding": p, "groups": g, "k": k, "oh": oh, "ow": ow, "density": d, "nnz": nnz,
-                   "schedule": C._cpu_sparse_schedule(C._geom(n, c, h, w, oc, kh, kw, s, p, 1, g, C._CPU_CHUNK)),
+                   "schedule": C._cpu_sparse_schedule(conv_geom(n, c, h, w, oc, kh, kw, s, p, 1, g, DEFAULT_CHUNK)),
                    "sparse_us": ts_, "dense_us": td, "torch_us": tt, "sparse_over_dense": ts_ / td,
                    "sparse_over_torch": ts_ / tt, "dense_over_torch": td / tt,
                    "use_dense_conv": C.use_dense_conv(d, oc, c // g, kh, kw, oh, ow, target=tdict)}

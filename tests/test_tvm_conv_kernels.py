@@ -11,6 +11,9 @@ import torch.nn.functional as F  # noqa: E402
 from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
 
 from dccomp.backends.tvm import conv_kernels as CK  # noqa: E402
+from dccomp.backends.tvm.conv_cpu import sparse_conv2d_chunk, sparse_conv2d_plane  # noqa: E402
+from dccomp.backends.tvm.conv_geom import conv_geom, cpu_tiles  # noqa: E402
+from dccomp.backends.tvm.conv_gpu import dense_conv2d_gpu, sparse_conv2d_gpu  # noqa: E402
 from dccomp.backends.tvm.lower import device_source  # noqa: E402
 from dccomp.backends.tvm.targets import resolve_target  # noqa: E402
 
@@ -101,12 +104,12 @@ def test_gpu_kernel_loops_match_torch_on_cpu(L, density, k, relu, seed):
     """The CUDA/OpenCL TIR with its thread loops made serial (simulate=True) computes the convolution."""
     x, b, csr, wd, yshape = _case(L, density, k, relu, seed)
     ref = _ref(x, wd, b, L, relu)
-    g = CK._geom(L["n"], L["c"], L["h"], L["w"], L["oc"], L["kh"], L["kw"], L["stride"], L["padding"],
+    g = conv_geom(L["n"], L["c"], L["h"], L["w"], L["oc"], L["kh"], L["kw"], L["stride"], L["padding"],
                  L["dilation"], L["groups"], 32)
-    fs = CK._sparse_conv2d_gpu(g, csr.col.shape[0], csr.k, str(csr.col.dtype), str(csr.code.dtype), relu,
+    fs = sparse_conv2d_gpu(g, csr.col.shape[0], csr.k, str(csr.col.dtype), str(csr.code.dtype), relu,
                                "t_gsim", threads=16, simulate=True)
     _close(_run(fs, "t_gsim", [x] + csr.arrays() + [b], yshape), ref)
-    fd = CK._dense_conv2d_gpu(g, relu, "t_gdsim", threads=16, simulate=True)
+    fd = dense_conv2d_gpu(g, relu, "t_gdsim", threads=16, simulate=True)
     _close(_run(fd, "t_gdsim", [x, wd, b], yshape), ref)
 
 
@@ -118,9 +121,9 @@ def test_both_cpu_schedules_on_multi_chunk_planes(schedule, chunk):
               dict(n=1, c=4, h=23, w=20, oc=8, kh=3, kw=3, stride=(2, 2), padding=(1, 1), dilation=(2, 1), groups=4),
               dict(n=2, c=5, h=17, w=18, oc=7, kh=1, kw=1, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)]:
         x, b, csr, wd, yshape = _case(L, 0.4, 32, True, 7)
-        g = CK._geom(L["n"], L["c"], L["h"], L["w"], L["oc"], L["kh"], L["kw"], L["stride"], L["padding"],
+        g = conv_geom(L["n"], L["c"], L["h"], L["w"], L["oc"], L["kh"], L["kw"], L["stride"], L["padding"],
                      L["dilation"], L["groups"], chunk)
-        make = CK._sparse_conv2d_cpu_plane if schedule == "plane" else CK._sparse_conv2d_cpu_chunk
+        make = sparse_conv2d_plane if schedule == "plane" else sparse_conv2d_chunk
         f = make(g, csr.col.shape[0], csr.k, str(csr.col.dtype), str(csr.code.dtype), True, "t_sched")
         _close(_run(f, "t_sched", [x] + csr.arrays() + [b], yshape), _ref(x, wd, b, L, True))
 
@@ -245,9 +248,9 @@ def test_use_dense_conv_is_monotonic_in_density(d1, d2, oc, icg, kk, ohw, target
 
 
 def test_use_dense_conv_picks_the_row_of_the_target_isa():
-    assert CK._cpu_tiles({"kind": "llvm", "mcpu": "znver5"}).lanes == 16
-    assert CK._cpu_tiles({"kind": "llvm", "mcpu": "haswell"}).lanes == 8
-    assert CK._cpu_tiles({"kind": "llvm"}).lanes == 4
+    assert cpu_tiles({"kind": "llvm", "mcpu": "znver5"}).lanes == 16
+    assert cpu_tiles({"kind": "llvm", "mcpu": "haswell"}).lanes == 8
+    assert cpu_tiles({"kind": "llvm"}).lanes == 4
     resnet3x3 = (128, 128, 3, 3, 28, 28)
     assert CK.use_dense_conv(0.4, *resnet3x3, target={"kind": "llvm", "mcpu": "znver5"})  # 0.35 on AVX-512
     assert not CK.use_dense_conv(0.4, *resnet3x3)  # generic x86-64: 0.65
