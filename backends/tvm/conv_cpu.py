@@ -54,6 +54,13 @@ def fill_workspace_macro(g: ConvGeom):
 
 # ---------------------------------------------------------------------------------------------------------
 def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
+    """``plane`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
+
+    Parallel over (image, output channel): decode the row's non-zeros into a per-task (offset, weight) table,
+    then sweep the padded-pitch plane in ``g.chunk``-float register tiles, two accumulator sets alternating
+    over the non-zeros. Chosen for depthwise-like layers (one input channel per output channel), whose
+    input plane is private to the task. ``nnz`` = length of ``col``/``code`` (>= 1).
+    """
     from tvm.script import tirx as T
 
     n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
@@ -63,9 +70,7 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     nnz = max(int(nnz), 1)
     tab = max(1, min(nnz, icg * kk))  # longest possible row
     ch, nch = g.chunk, g.nch
-    body = n * c * nph * pl
-    slack = max(g.slack, 1)
-    ws = body + slack
+    ws = g.ws_size
     fill = fill_workspace_macro(g)
     # wq == ow: the padded-pitch plane is y's own layout -> full chunks are stored straight into y
     direct = wq == ow
@@ -138,7 +143,15 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
 
 
 def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
-                             nacc: int = 2):
+                        nacc: int = 2):
+    """``chunk`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
+
+    One parallel pass decodes all non-zeros into global (offset, weight) tables; then, parallel over (image,
+    ``g.chunk``-float spatial chunk), every output channel sweeps its table into ``nacc`` independent
+    register accumulator sets, so the chunk's input rows stay in cache across all output channels. Output
+    goes straight into ``y`` when the workspace row pitch equals ``ow`` (``padding_w == 0``, 1-wide kernels),
+    else through a padded-pitch staging buffer. ``nnz`` = length of ``col``/``code`` (>= 1).
+    """
     from tvm.script import tirx as T
 
     n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
@@ -147,9 +160,7 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     kk = kh * kw
     nnz = max(int(nnz), 1)
     ch, nch = g.chunk, g.nch
-    body = n * c * nph * pl
-    slack = max(g.slack, 1)
-    ws = body + slack
+    ws = g.ws_size
     fill = fill_workspace_macro(g)
     direct = wq == ow  # the padded-pitch plane is y's own layout: chunks go straight into y
     ohw = oh * ow
@@ -224,15 +235,16 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
 
 
 def dense_conv2d_cpu(g: ConvGeom, relu: bool, name: str, ob: int):
+    """Dense direct convolution ``name(x, weight, bias, y)`` over the same workspace: parallel over (image,
+    block of ``ob`` output channels of one group, ``ob`` dividing ``oc/groups``); per ``g.chunk``-float chunk
+    an ``ob x chunk`` register tile, each loaded input vector feeding ``ob`` FMAs."""
     from tvm.script import tirx as T
 
     n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
     kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
     wq, pl, nph, icg, ocg = g.wq, g.plane, g.nphase, g.icg, g.ocg
     ch, nch = g.chunk, g.nch
-    body = n * c * nph * pl
-    slack = max(g.slack, 1)
-    ws = body + slack
+    ws = g.ws_size
     fill = fill_workspace_macro(g)
     nob = oc // ob
     direct = wq == ow

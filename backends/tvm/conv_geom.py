@@ -49,6 +49,10 @@ def conv2d_out_shape(h: int, w: int, kh: int, kw: int, stride=(1, 1), padding=(0
 
 @dataclass(frozen=True)
 class ConvGeom:
+    """Shapes of one conv layer and of its workspace ``xs[n, c, sh, sw, hq, wq]`` (the zero-padded input split
+    into its ``sh * sw`` stride phases, see :mod:`.conv_kernels`), plus the register ``chunk`` (floats) the
+    CPU kernels sweep the padded-pitch output plane ``oh x wq`` with. Build it with :func:`conv_geom`."""
+
     n: int
     c: int
     h: int
@@ -89,10 +93,18 @@ class ConvGeom:
 
     @property
     def ws_size(self) -> int:
-        return self.n * self.c * self.nphase * self.plane + self.slack
+        """Floats of the workspace (at least one slack float, so the buffer is never empty)."""
+        return self.n * self.c * self.nphase * self.plane + max(self.slack, 1)
 
 
-def conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, chunk) -> ConvGeom:
+def conv_geom(n: int, c: int, h: int, w: int, oc: int, kh: int, kw: int, stride, padding, dilation,
+              groups: int, chunk: int = DEFAULT_CHUNK) -> ConvGeom:
+    """The :class:`ConvGeom` of a layer (``stride``/``padding``/``dilation``: int or ``(y, x)`` pair).
+
+    Raises:
+        ValueError: non-positive sizes, ``groups`` not dividing ``c`` and ``oc``, a kernel that does not fit
+            the padded input, or a workspace / output too large for the kernels' int32 indexing.
+    """
     sh, sw = _pair(stride, "stride")
     ph, pw = _pair(padding, "padding")
     dh, dw = _pair(dilation, "dilation")
@@ -107,8 +119,12 @@ def conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, chunk) 
     ay, ax = (kh - 1) * dh // sh, (kw - 1) * dw // sw
     # largest read relative to the start of a phase plane: ay*wq + ax + nch*chunk - 1
     slack = max(0, ay * wq + ax + nch * chunk - hq * wq)
-    return ConvGeom(n, c, h, w, oc, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow, hq, wq, chunk, nch, slack)
-
+    g = ConvGeom(n, c, h, w, oc, kh, kw, sh, sw, ph, pw, dh, dw, groups, oh, ow, hq, wq, chunk, nch, slack)
+    biggest = max(g.ws_size, n * oc * nch * chunk, n * oc * oh * ow)
+    if biggest >= 2**31:
+        raise ValueError(f"conv2d workspace/output of {biggest} floats exceeds int32 indexing; "
+                         f"split the batch (n={n}) into smaller ones")
+    return g
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ __all__ = ["sparse_conv2d_gpu", "dense_conv2d_gpu"]
 
 
 def _thread_loops(simulate: bool):
+    """``loop(extent, thread)`` for TVMScript: ``T.thread_binding`` on the GPU, ``T.serial`` when simulating."""
     from tvm.script import tirx as T
 
     if simulate:
@@ -16,7 +17,15 @@ def _thread_loops(simulate: bool):
 
 
 def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
-                       threads: int, simulate: bool = False):
+                      threads: int, simulate: bool = False):
+    """CUDA / OpenCL direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
+
+    Grid ``(ceil(oh*ow / threads), oc, n)`` (``blockIdx.x/y/z``), ``threads`` threads per block, one output
+    pixel per thread. Threads first copy the ``k`` centroids into shared memory (a sibling thread loop; TVM
+    inserts the barrier), then walk the output channel's CSR row: decode ``(ic, r, s)`` from ``col``, guard
+    the zero-padding border, accumulate ``codebook[code] * x`` in a register; bias and ReLU fused.
+    ``simulate=True``: the same TIR with serial loops and a global codebook buffer, for ``llvm`` (tests).
+    """
     from tvm.script import tirx as T
 
     n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
@@ -57,10 +66,11 @@ def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype:
                             acc[0] = bias[o]
                             for j in T.serial(rowptr[o], rowptr[o + 1]):
                                 cc = T.bind(T.Cast("int32", col[j]))
-                                iy = T.bind(oy * sh - ph + cc % kk // kw * dh)
-                                ix = T.bind(ox * sw - pw + cc % kw * dw)
+                                iy = T.bind(oy * sh - ph + T.truncdiv(T.truncmod(cc, kk), kw) * dh)
+                                ix = T.bind(ox * sw - pw + T.truncmod(cc, kw) * dw)
                                 if iy >= 0 and iy < h and ix >= 0 and ix < w:
-                                    acc[0] = acc[0] + cb[T.Cast("int32", code[j])] * x[b, cbase + cc // kk, iy, ix]
+                                    xv = T.bind(x[b, cbase + T.truncdiv(cc, kk), iy, ix])
+                                    acc[0] = acc[0] + cb[T.Cast("int32", code[j])] * xv
                             if relu:
                                 y[b, o, oy, ox] = T.max(acc[0], T.float32(0))
                             else:
@@ -70,6 +80,8 @@ def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype:
 
 
 def dense_conv2d_gpu(g: ConvGeom, relu: bool, name: str, threads: int, simulate: bool = False):
+    """CUDA / OpenCL dense convolution ``name(x, weight, bias, y)``: the grid of :func:`sparse_conv2d_gpu`,
+    each thread looping over all ``ic/groups * kh * kw`` taps of its pixel (``simulate`` as there)."""
     from tvm.script import tirx as T
 
     n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow

@@ -6,7 +6,7 @@ over rows = output channels and columns = the flat index ``(ic_g * kh + r) * kw 
 channel's group* (:func:`conv_csr`), so each weight costs one column index and one cluster index
 (Deep Compression, Han et al. ICLR 2016, §2-3) and the float weights are never materialised.
 
-CPU kernel -- direct sparse convolution (Park et al., ICLR 2017, "Faster CNNs with direct sparse
+CPU kernels -- direct sparse convolution (Park et al., ICLR 2017, "Faster CNNs with direct sparse
 convolutions and guided pruning"): every non-zero ``W[o, ic, r, s]`` adds ``w * (shifted input plane ic)``
 to output plane ``o``. Layout tricks that make the inner loop one contiguous FMA stream for every stride,
 padding and dilation:
@@ -14,32 +14,58 @@ padding and dilation:
 * The input is copied once into a zero-padded, *stride-decomposed* workspace ``xs[n, c, sh, sw, HQ, WQ]``
   with ``xs[b, ci, py, px, qy, qx] = xpad[b, ci, qy*sh + py, qx*sw + px]``. Tap ``(r, s)`` then reads
   phase ``((r*dh) % sh, (s*dw) % sw)`` at offset ``((r*dh)//sh, (s*dw)//sw)``: unit stride for any stride.
+  Phases no tap reads (e.g. 3 of the 4 of a stride-2 1x1 conv) are not copied.
 * Output positions are numbered with the workspace's row pitch, ``p = oy * WQ + ox`` (the columns
-  ``ow <= ox < WQ`` are computed and discarded), so the input of tap ``j`` for position ``p`` is
-  ``xs[off_j + p]``: one flat, contiguous, vectorised loop per tap over the whole output plane.
-* Per (image, output channel) the row's non-zeros are decoded once into a table (``off_j``, ``w_j =
-  codebook[code_j]``); the plane is processed in ``chunk``-wide register tiles ``acc`` (initialised to the
-  bias) that loop over the whole table, so every non-zero costs one broadcast + ``chunk/lanes`` vector
-  loads and FMAs, and the accumulators never leave registers. ReLU is fused into the store.
+  ``ow <= ox < WQ`` are computed and discarded), so the input of non-zero ``j`` for position ``p`` is
+  ``xs[off_j + p]``: one flat, contiguous, vectorised FMA stream per non-zero.
+* Each non-zero is decoded once per call into ``(off_j, w_j = codebook[code_j])``; the plane is swept in
+  register tiles of ``chunk`` floats (initialised to the bias), each looping over the output channel's
+  non-zeros with 2-4 independent accumulator sets (FMA latency), so a non-zero costs one broadcast and
+  ``chunk / lanes`` vector loads + FMAs and the accumulators never leave registers. ReLU is fused.
+
+Two schedules (:mod:`.conv_cpu`): ``chunk`` (parallel over spatial chunks, all output channels inside, so the
+chunk's input rows are reused from cache by every output channel; ``bench/conv_kernels.py --schedules``:
+0.6-0.9x the time of ``plane`` on the ResNet/LeNet/1x1 layers) and ``plane`` (parallel over (image, output
+channel); 1.15-1.7x faster than ``chunk`` for depthwise layers, whose input channel is private to one output
+channel). Register tiles follow the target ISA (:func:`.conv_geom.cpu_tiles`: AVX-512, AVX2, SSE2, NEON).
 
 The dense fallback (:func:`dense_conv2d_func`) is the same direct convolution over the same workspace with
-the weights read densely and ``ob`` output channels of one group sharing every loaded input vector (register
-blocking ``ob x chunk``).
+the weights read densely and ``ob`` = 4 (or 2, 1) output channels of one group sharing every loaded input
+vector (register tile ``ob x 2 vectors``). On the AVX-512 host it runs at 0.5-1.0x torch's time.
 
-GPU kernels (explicit ``T.thread_binding``, ``tirx.is_scheduled``): one thread per output pixel; grid
-``(ceil(oh*ow / threads), oc, n)``; the block first stages the codebook in shared memory (CUDA ``__shared__``,
-OpenCL ``__local``), then each thread walks its output channel's CSR row (all threads of a block read the
-same ``col``/``code`` entry: a broadcast) and gathers ``x`` with border guards (consecutive threads read
-consecutive ``ox``: coalesced for stride 1). Mali work-groups are 64 work-items, CUDA blocks 128 threads.
-The private ``_sparse_conv2d_gpu(..., simulate=True)`` builds the *same* TIR with the thread loops serial
-and the shared buffer global, which compiles for ``llvm``: that is how the tests check the GPU indexing
-on a machine without a GPU.
+GPU kernels (:mod:`.conv_gpu`; explicit ``T.thread_binding``, ``tirx.is_scheduled``): one thread per output
+pixel; grid ``(ceil(oh*ow / threads), oc, n)``; the block first stages the codebook in shared memory (CUDA
+``__shared__``, OpenCL ``__local``), then each thread walks its output channel's CSR row (all threads of a
+block read the same ``col``/``code`` entry: a broadcast) and gathers ``x`` with border guards (consecutive
+threads read consecutive ``ox``: coalesced for stride 1). CUDA blocks have 128 threads, Mali work-groups 64.
+``conv_gpu.sparse_conv2d_gpu(..., simulate=True)`` builds the *same* TIR with serial loops and a global
+codebook buffer, which compiles for ``llvm``: that is how the tests check the GPU indexing without a GPU.
+The GPU kernels have not been timed (no GPU here).
 
-Per-layer choice (:func:`use_dense_conv`), measured with ``python bench/conv_kernels.py`` (batch 1, 1 thread,
-median of interleaved rounds, host ``mcpu``; see bench/results/conv_kernels.json). Ratios are sparse kernel
-time / dense TVM fallback time:
+Measurements (``python bench/conv_kernels.py [--mcpu haswell|generic]``: batch 1, 1 thread, median over 7-9
+interleaved rounds on a shared 2-core AMD EPYC (znver5) VM; bench/results/conv_kernels*.json). Sparse/dense =
+time of the sparse kernel / the dense TVM fallback on the same target; k = 32 (ResNet) or 16 codebooks::
 
-    (filled in from the measurements below)
+    layer                   | AVX-512 sparse/dense     | sp/torch  | dense | AVX2 s/d       | SSE2 s/d
+    (density ->)            |  0.1  0.2  0.3  0.5  1.0 |  0.1  0.3 | /trch |  0.3  0.5  1.0 |  0.3  0.5  1.0
+    RN18 64->64 3x3 @56     | 0.31 0.61 0.92 1.54 2.79 | 0.28 0.83 | 0.91  | 0.48 0.85 1.61 | 0.34 0.56 1.13
+    RN18 128->128 3x3 @28   | 0.36 0.71 1.02 1.60 2.93 | 0.34 0.98 | 0.95  | 0.60 1.02 1.77 | 0.48 0.80 1.48
+    RN18 256->256 3x3 @14   | 0.33 0.61 0.88 1.42 2.70 | 0.32 0.87 | 0.99  | 0.51 0.85 1.59 | 0.42 0.71 1.32
+    RN18 512->512 3x3 @7    | 0.32 0.58 0.83 1.33 2.77 | 0.19 0.49 | 0.58  | 0.55 0.88 1.89 | 0.51 0.84 1.85
+    RN18 down 64->128 1x1 s2| 0.45 0.54 0.65 0.89 1.51 | 0.25 0.36 | 0.55  | 0.49 0.70 1.30 | 0.36 0.55 1.02
+    MBv2 dw 144 3x3 s1 @56  | 0.69 0.75 0.81 0.96 1.30 | 0.36 0.43 | 0.53  | 0.72 0.86 1.25 | 0.68 0.88 1.43
+    MBv2 dw 144 3x3 s2 @56  | 0.92 0.93 0.97 1.00 1.07 | 0.91 0.95 | 0.98  | 0.89 0.96 1.12 | 0.86 0.96 1.12
+    MBv2 pw 32->192 1x1 @56 | 0.45 0.53 0.64 0.85 1.38 | 0.27 0.38 | 0.59  | 0.42 0.66 1.25 | 0.33 0.53 1.02
+    LeNet-5 conv2 20->50 5x5| 0.20 0.37 0.54 0.88 1.71 | 0.09 0.25 | 0.46  | 0.31 0.50 0.98 | 0.52 0.84 1.70
+
+The sparse kernel's time is close to linear in density; depthwise layers are bound by the input copy (few
+taps per output), so sparsity buys them little. The dense fallback on generic x86-64 (SSE2) is 2.2-4.8x
+slower than torch (which dispatches to AVX-512 at run time): compile with ``detect_cpu=True`` for speed.
+Crossovers (sparse = dense) read off these rows give :data:`DENSE_CONV_THRESHOLDS`, by layer class
+(:func:`use_dense_conv`): AVX-512 ``reduce`` (kh*kw > 1, >= 64 taps, oc % 4 == 0) 0.33-0.38 -> 0.35, LeNet's
+``reduce_odd_oc`` (the dense tile drops to ob = 2) 0.57 -> 0.55, 1x1 0.59-0.64 -> 0.6, depthwise 0.5-0.56 ->
+0.55; AVX2: 0.5-0.61 -> 0.55, 1.0, 0.75-0.79 -> 0.75, 0.67-0.68 -> 0.7; SSE2: 0.58-0.89 -> 0.65, 0.6-0.69 ->
+0.65, 0.97-0.99 -> 0.95, 0.61-0.66 -> 0.6. Within +-0.1 of a crossover the two kernels differ by < 20%.
 """
 from __future__ import annotations
 
@@ -179,9 +205,9 @@ def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, 
 # Density from which the dense fallback beats the sparse kernel, by CPU vector width (lanes) and layer class
 # (see _conv_class); measured with bench/conv_kernels.py (table in the module docstring).
 DENSE_CONV_THRESHOLDS: dict[int, dict[str, float]] = {
-    16: {"reduce": 0.35, "reduce_odd_oc": 0.55, "pointwise": 0.6, "small": 0.6},   # AVX-512 (znver5)
-    8: {"reduce": 0.55, "reduce_odd_oc": 1.0, "pointwise": 0.8, "small": 0.7},     # AVX2 (mcpu=haswell)
-    4: {"reduce": 0.65, "reduce_odd_oc": 0.7, "pointwise": 0.95, "small": 0.6},    # SSE2 (generic x86-64)
+    16: {"reduce": 0.35, "reduce_odd_oc": 0.55, "pointwise": 0.6, "small": 0.55},  # AVX-512 (znver5)
+    8: {"reduce": 0.55, "reduce_odd_oc": 1.0, "pointwise": 0.75, "small": 0.7},    # AVX2 (mcpu=haswell)
+    4: {"reduce": 0.65, "reduce_odd_oc": 0.65, "pointwise": 0.95, "small": 0.6},   # SSE2 (generic x86-64)
 }
 GPU_DENSE_CONV_THRESHOLD = 0.5  # not measured (no GPU here): see use_dense_conv
 
