@@ -32,7 +32,8 @@ def conv_layers(draw, max_hw=12):
         icg, m = draw(st.integers(1, 5)), draw(st.integers(1, 4))
     c, oc = icg * groups, m * groups
     kh, kw = (1, 1) if kind == "pointwise" else (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
-    sh, sw, dh, dw = (draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(1, 2)))
+    sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dh, dw = draw(st.integers(1, 2)), draw(st.integers(1, 2))
     ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
     h, w = draw(st.integers(1, max_hw)), draw(st.integers(1, max_hw))
     assume(h + 2 * ph >= dh * (kh - 1) + 1 and w + 2 * pw >= dw * (kw - 1) + 1)
@@ -210,6 +211,22 @@ def test_gpu_dense_conv_has_device_module(target, kind, marker):
     f = CK.dense_conv2d_func(t, **GPU_LAYER, relu=False, name="dcc_gpu_dconv")
     src = device_source(tvm.compile(f, target=tvm.target.Target(t)), kind)
     assert "dcc_gpu_dconv" in src and marker in src
+
+
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang (Debian package 'clang') not installed")
+def test_mali_conv_opencl_source_compiles_with_clang(tmp_path):
+    """The generated OpenCL C is valid OpenCL 1.2: clang's OpenCL front end compiles it to LLVM IR."""
+    import subprocess
+
+    t = resolve_target("mali")
+    for f, name in [(CK.sparse_conv2d_func(t, **GPU_LAYER, nnz=900, k=32, relu=True, name="dcc_cl_sconv"),
+                     "dcc_cl_sconv"), (CK.dense_conv2d_func(t, **GPU_LAYER, name="dcc_cl_dconv"), "dcc_cl_dconv")]:
+        (tmp_path / "k.cl").write_text(device_source(tvm.compile(f, target=tvm.target.Target(t)), "opencl"))
+        r = subprocess.run(["clang", "-x", "cl", "-cl-std=CL1.2", "-Xclang", "-finclude-default-header", "-Werror",
+                            "-emit-llvm", "-S", "-o", str(tmp_path / "k.ll"), str(tmp_path / "k.cl")],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert name in (tmp_path / "k.ll").read_text()
 
 
 def test_cpu_kernels_are_parallel_vectorized_noalias():

@@ -155,11 +155,13 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
     float32 ``(oc,)`` and ``y`` float32 ``(n, oc, oh, ow)`` (:func:`conv2d_out_shape`, zero padding):
     ``y = act(conv2d(x, W, bias, stride, padding, dilation, groups))``, ``act`` = ReLU if ``relu``.
 
-    ``target`` kind ``llvm`` (x86, aarch64) -> CPU kernel, ``cuda`` -> CUDA kernel, ``opencl`` -> OpenCL
+    ``target`` kind ``llvm`` (x86, aarch64) -> CPU kernel (``plane`` schedule when ``c == groups``, else
+    ``chunk``; register tiles from the target's vector ISA), ``cuda`` -> CUDA kernel, ``opencl`` -> OpenCL
     kernel (Mali). The CSR rows must hold each column at most once (as :func:`conv_csr` builds them).
 
     Raises:
-        ValueError: inconsistent shapes (groups not dividing c/oc, kernel larger than the padded input).
+        ValueError: inconsistent shapes (groups not dividing c/oc, kernel larger than the padded input,
+            sizes beyond int32 indexing), ``k < 1``, or ``k > 4096`` on a GPU target (shared memory).
         NotImplementedError: another target kind.
     """
     kind = _kind(target)
@@ -214,7 +216,8 @@ GPU_DENSE_CONV_THRESHOLD = 0.5  # not measured (no GPU here): see use_dense_conv
 
 def _conv_class(oc: int, ic_g: int, kh: int, kw: int) -> str:
     """``pointwise`` (1x1), ``small`` (fewer than 64 taps per output, e.g. depthwise 3x3), ``reduce`` (the
-    dense fallback blocks 4 output channels) or ``reduce_odd_oc`` (``oc % 4 != 0``: it blocks only 2 or 1)."""
+    dense fallback blocks 4 output channels) or ``reduce_odd_oc`` (``oc % 4 != 0``: it blocks only 2 or 1;
+    ``oc`` stands in for ``oc / groups``, which the signature does not carry)."""
     if kh * kw == 1:
         return "pointwise"
     if ic_g * kh * kw < 64:
