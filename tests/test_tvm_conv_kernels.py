@@ -114,19 +114,43 @@ def test_gpu_kernel_loops_match_torch_on_cpu(L, density, k, relu, seed):
     _close(_run(fd, "t_gdsim", [x, wd, b], yshape), ref)
 
 
-@pytest.mark.parametrize("schedule", ["plane", "chunk"])
-@pytest.mark.parametrize("chunk", [32, 64])
-def test_both_cpu_schedules_on_multi_chunk_planes(schedule, chunk):
-    """Planes spanning several register chunks, a padded row pitch (stride 2) and the direct-store path."""
+@pytest.mark.parametrize("schedule,nacc", [("plane", 2), ("chunk", 2), ("chunk", 3), ("chunk", 4)])
+@pytest.mark.parametrize("chunk", [16, 64])
+def test_both_cpu_schedules_on_multi_chunk_planes(schedule, nacc, chunk):
+    """Planes spanning several register chunks, a padded row pitch (stride 2), the direct-store path, and
+    the accumulator-set counts / chunk sizes the ISA tiles pick (``cpu_tiles``)."""
     for L in [dict(n=2, c=6, h=21, w=19, oc=4, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=2),
               dict(n=1, c=4, h=23, w=20, oc=8, kh=3, kw=3, stride=(2, 2), padding=(1, 1), dilation=(2, 1), groups=4),
               dict(n=2, c=5, h=17, w=18, oc=7, kh=1, kw=1, stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1)]:
         x, b, csr, wd, yshape = _case(L, 0.4, 32, True, 7)
         g = conv_geom(L["n"], L["c"], L["h"], L["w"], L["oc"], L["kh"], L["kw"], L["stride"], L["padding"],
-                     L["dilation"], L["groups"], chunk)
-        make = sparse_conv2d_plane if schedule == "plane" else sparse_conv2d_chunk
-        f = make(g, csr.col.shape[0], csr.k, str(csr.col.dtype), str(csr.code.dtype), True, "t_sched")
+                      L["dilation"], L["groups"], chunk)
+        args = (g, csr.col.shape[0], csr.k, str(csr.col.dtype), str(csr.code.dtype), True, "t_sched")
+        f = sparse_conv2d_plane(*args) if schedule == "plane" else sparse_conv2d_chunk(*args, nacc=nacc)
         _close(_run(f, "t_sched", [x] + csr.arrays() + [b], yshape), _ref(x, wd, b, L, True))
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_isa_tiled_kernels_compile_and_match(mcpu):
+    """The AVX2 / AVX-512 tile choices (chunk 32/64, 2/4 accumulator sets) give the same result; runs only
+    where the host can execute that ISA."""
+    from tvm.target import codegen
+
+    t = {"kind": "llvm", "mcpu": mcpu}
+    feature = "avx512f" if "avx512" in mcpu else "avx2"
+    host = tvm.target.Target(resolve_target("llvm", detect_cpu=True))
+    L = dict(n=1, c=16, h=15, w=17, oc=12, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    x, b, csr, wd, yshape = _case(L, 0.3, 16, False, 3)
+    fs = CK.sparse_conv2d_func(t, **L, **_sparse_args(csr), name="t_isa_s")
+    fd = CK.dense_conv2d_func(t, **L, name="t_isa_d")
+    libs = [tvm.compile(f, target=tvm.target.Target(t)) for f in (fs, fd)]  # codegen must succeed anywhere
+    if not codegen.target_has_features(feature, host):
+        pytest.skip(f"host CPU lacks {feature}")
+    ref = _ref(x, wd, b, L, False)
+    for lib, name, args in [(libs[0], "t_isa_s", [x] + csr.arrays() + [b]), (libs[1], "t_isa_d", [x, wd, b])]:
+        y = tvm.runtime.tensor(np.zeros(yshape, np.float32))
+        lib[name](*[tvm.runtime.tensor(a) for a in args], y)
+        _close(y.numpy(), ref)
 
 
 @settings(max_examples=60, deadline=None)

@@ -37,7 +37,8 @@ GPU kernels (:mod:`.conv_gpu`; explicit ``T.thread_binding``, ``tirx.is_schedule
 pixel; grid ``(ceil(oh*ow / threads), oc, n)``; the block first stages the codebook in shared memory (CUDA
 ``__shared__``, OpenCL ``__local``), then each thread walks its output channel's CSR row (all threads of a
 block read the same ``col``/``code`` entry: a broadcast) and gathers ``x`` with border guards (consecutive
-threads read consecutive ``ox``: coalesced for stride 1). CUDA blocks have 128 threads, Mali work-groups 64.
+threads read consecutive ``ox``: coalesced for stride 1). CUDA blocks have 128 threads, Mali work-groups 64
+(fewer, rounded to 32 / 16, for planes smaller than that).
 ``conv_gpu.sparse_conv2d_gpu(..., simulate=True)`` builds the *same* TIR with serial loops and a global
 codebook buffer, which compiles for ``llvm``: that is how the tests check the GPU indexing without a GPU.
 The GPU kernels have not been timed (no GPU here).
@@ -124,6 +125,13 @@ def _as_numpy(a) -> np.ndarray:
 # Public factories
 # ---------------------------------------------------------------------------------------------------------
 _GPU_THREADS = {"cuda": 128, "opencl": 64}
+_GPU_GRAIN = {"cuda": 32, "opencl": 16}  # warp / typical Mali-friendly multiple
+
+
+def _gpu_threads(kind: str, g: ConvGeom) -> int:
+    """Threads per block: the target's default, or fewer (a multiple of the warp) for small planes."""
+    grain = _GPU_GRAIN[kind]
+    return min(_GPU_THREADS[kind], -(-(g.oh * g.ow) // grain) * grain)
 _GPU_MAX_K = 4096  # 16 KiB of shared memory
 
 
@@ -178,7 +186,7 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
             return sparse_conv2d_plane(g, nnz, k, col_dtype, code_dtype, relu, name)
         g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.sparse_chunk(g))
         return sparse_conv2d_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=tiles.sparse_nacc)
-    return sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _GPU_THREADS[kind])
+    return sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _gpu_threads(kind, g))
 
 
 def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, kh: int, kw: int,
@@ -201,7 +209,7 @@ def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, 
     if kind == "llvm":
         ob = next(b for b in (4, 2, 1) if g.ocg % b == 0)
         return dense_conv2d_cpu(g, relu, name, ob)
-    return dense_conv2d_gpu(g, relu, name, _GPU_THREADS[kind])
+    return dense_conv2d_gpu(g, relu, name, _gpu_threads(kind, g))
 
 
 # Density from which the dense fallback beats the sparse kernel, by CPU vector width (lanes) and layer class
