@@ -6,46 +6,62 @@ from __future__ import annotations
 from .conv_geom import ConvGeom
 from .kernels import _act
 
-__all__ = ["fill_workspace_macro", "sparse_conv2d_plane", "sparse_conv2d_chunk", "dense_conv2d_cpu"]
+__all__ = ["fill_channel_macro", "fill_workspace_macro", "sparse_conv2d_plane", "sparse_conv2d_chunk", "dense_conv2d_cpu"]
 
 
-def fill_workspace_macro(g: ConvGeom):
-    """TVMScript macro ``fill(x, xs)``: copy ``x`` into the zero-padded, stride-decomposed workspace ``xs``
-    (module docstring). Rows are split into left border / contiguous copy / right border (no per-element
-    bounds test); phases no tap reads (e.g. the odd phases of a strided 1x1 conv) are only zeroed."""
+def fill_channel_macro(g: ConvGeom):
+    """TVMScript macro ``fill_channel(x, xs, dst, b, ci)``: copy channel ``ci`` of image ``b`` of ``x`` into the
+    zero-padded, stride-decomposed layout (``nphase`` planes of ``hq x wq``) at ``xs[dst:]``. Rows are split
+    into left border / contiguous copy / right border (no per-element bounds test); phases no tap reads
+    (e.g. the odd phases of a strided 1x1 conv) are only zeroed."""
     from tvm.script import tirx as T
 
-    n, c, h, w, sh, sw, ph, pw = g.n, g.c, g.h, g.w, g.sh, g.sw, g.ph, g.pw
+    h, w, sh, sw, ph, pw = g.h, g.w, g.sh, g.sw, g.ph, g.pw
     hq, wq, pl, nph = g.hq, g.wq, g.plane, g.nphase
     used_y = sum(1 << py for py in {r * g.dh % sh for r in range(g.kh)})  # bit py: a tap reads phase row py
     used_x = sum(1 << px for px in {s * g.dw % sw for s in range(g.kw)})
     used_y, used_x = (-1 if sh > 30 else used_y), (-1 if sw > 30 else used_x)  # int32 masks; -1 = all
+
+    @T.macro
+    def fill_channel(x, xs, dst, b, ci):
+        for p_ in T.serial(nph):
+            if T.shift_right(used_y, p_ // sw) % 2 == 1 and T.shift_right(used_x, p_ % sw) % 2 == 1:
+                for qy in T.serial(hq):
+                    iy = T.bind(qy * sh + p_ // sw - ph)
+                    row = T.bind(dst + p_ * pl + qy * wq)
+                    if iy >= 0 and iy < h:
+                        lo = T.bind(T.min((pw - p_ % sw + sw - 1) // sw, wq))
+                        hi = T.bind(T.max(T.min((w - 1 + pw - p_ % sw) // sw + 1, wq), lo))
+                        for qx in T.serial(lo):
+                            xs[row + qx] = T.float32(0)
+                        for qx in T.serial(hi - lo):
+                            xs[row + lo + qx] = x[b, ci, iy, (lo + qx) * sw + p_ % sw - pw]
+                        for qx in T.serial(wq - hi):
+                            xs[row + hi + qx] = T.float32(0)
+                    else:
+                        for qx in T.serial(wq):
+                            xs[row + qx] = T.float32(0)
+            else:
+                for i in T.serial(pl):
+                    xs[dst + p_ * pl + i] = T.float32(0)
+
+    return fill_channel
+
+
+def fill_workspace_macro(g: ConvGeom):
+    """TVMScript macro ``fill(x, xs)``: every channel of every image into the workspace ``xs`` (parallel over
+    them, see :func:`fill_channel_macro`), then the zeroed slack after the last plane."""
+    from tvm.script import tirx as T
+
+    n, c, pl, nph = g.n, g.c, g.plane, g.nphase
     body = n * c * nph * pl
     slack = max(g.slack, 1)
+    fill_channel = fill_channel_macro(g)
 
     @T.macro
     def fill(x, xs):
         for bc in T.parallel(n * c):
-            for p_ in T.serial(nph):
-                if T.shift_right(used_y, p_ // sw) % 2 == 1 and T.shift_right(used_x, p_ % sw) % 2 == 1:
-                    for qy in T.serial(hq):
-                        iy = T.bind(qy * sh + p_ // sw - ph)
-                        row = T.bind((bc * nph + p_) * pl + qy * wq)
-                        if iy >= 0 and iy < h:
-                            lo = T.bind(T.min((pw - p_ % sw + sw - 1) // sw, wq))
-                            hi = T.bind(T.max(T.min((w - 1 + pw - p_ % sw) // sw + 1, wq), lo))
-                            for qx in T.serial(lo):
-                                xs[row + qx] = T.float32(0)
-                            for qx in T.serial(hi - lo):
-                                xs[row + lo + qx] = x[bc // c, bc % c, iy, (lo + qx) * sw + p_ % sw - pw]
-                            for qx in T.serial(wq - hi):
-                                xs[row + hi + qx] = T.float32(0)
-                        else:
-                            for qx in T.serial(wq):
-                                xs[row + qx] = T.float32(0)
-                else:
-                    for i in T.serial(pl):
-                        xs[(bc * nph + p_) * pl + i] = T.float32(0)
+            fill_channel(x, xs, bc * nph * pl, bc // c, bc % c)
         for i in T.serial(slack):
             xs[body + i] = T.float32(0)
 
@@ -56,8 +72,9 @@ def fill_workspace_macro(g: ConvGeom):
 def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
     """``plane`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
 
-    Parallel over (image, output channel): decode the row's non-zeros into a per-task (offset, weight) table,
-    then sweep the padded-pitch plane in ``g.chunk``-float register tiles, two accumulator sets alternating
+    Parallel over (image, output channel): copy the group's input channels into a task-private padded,
+    stride-decomposed buffer (cache-resident; no separate pass over the whole input), decode the row's
+    non-zeros into a per-task (offset, weight) table, then sweep the padded-pitch plane in ``g.chunk``-float register tiles, two accumulator sets alternating
     over the non-zeros. Chosen for depthwise-like layers (one input channel per output channel), whose
     input plane is private to the task. ``nnz`` = length of ``col``/``code`` (>= 1).
     """
@@ -70,8 +87,9 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     nnz = max(int(nnz), 1)
     tab = max(1, min(nnz, icg * kk))  # longest possible row
     ch, nch = g.chunk, g.nch
-    ws = g.ws_size
-    fill = fill_workspace_macro(g)
+    body = icg * nph * pl
+    wsl = body + max(g.slack, 1)  # one task's input channels (one for depthwise) + slack
+    fill_channel = fill_channel_macro(g)
     # wq == ow: the padded-pitch plane is y's own layout -> full chunks are stored straight into y
     direct = wq == ow
     ohw = oh * ow
@@ -85,9 +103,8 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
                y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
-        xs = T.alloc_buffer((ws,), "float32", scope="global")
-        fill(x, xs)
         for bo in T.parallel(n * oc):
+            xs = T.alloc_buffer((wsl,), "float32", scope="global")
             off = T.alloc_buffer((tab,), "int32", scope="global")
             wv = T.alloc_buffer((tab,), "float32", scope="global")
             acc = T.alloc_buffer((2, ch), "float32", scope="global")
@@ -96,12 +113,15 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
             o = T.bind(bo % oc)
             lo = T.bind(rowptr[o])
             nr = T.bind(rowptr[o + 1] - lo)
-            gbase = T.bind((b * c + o // ocg * icg) * nph * pl)
+            for ic in T.serial(icg):
+                fill_channel(x, xs, ic * nph * pl, b, o // ocg * icg + ic)
+            for i in T.serial(wsl - body):
+                xs[body + i] = T.float32(0)
             for t in T.serial(nr):
                 cc = T.bind(T.Cast("int32", col[lo + t]))
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)
-                off[t] = gbase + ((T.truncdiv(cc, kk) * nph + ry % sh * sw + rx % sw) * pl + ry // sh * wq + rx // sw)
+                off[t] = ((T.truncdiv(cc, kk) * nph + ry % sh * sw + rx % sw) * pl + ry // sh * wq + rx // sw)
                 wv[t] = codebook[T.Cast("int32", code[lo + t])]
             for q in T.serial(nch):
                 for v in T.vectorized(ch):
