@@ -172,6 +172,25 @@ def main(argv=None) -> int:
                 line += f" | {med[('chunk', d)] / med[('plane', d)]:>11.2f}"
             rows.append(row)
             print(line, flush=True)
+    # crossover density (sparse time == dense time) per layer, linear between the measured densities;
+    # 1.0 when sparse wins everywhere. Median per layer class -> conv_kernels.DENSE_CONV_THRESHOLDS.
+    cross, by_class = {}, {}
+    for lname in dict.fromkeys(r["layer"] for r in rows):
+        rs = [r for r in rows if r["layer"] == lname]
+        d_star = 1.0
+        for r0, r1 in zip(rs, rs[1:]):
+            if r0["sparse_over_dense"] < 1.0 <= r1["sparse_over_dense"]:
+                t = (1.0 - r0["sparse_over_dense"]) / (r1["sparse_over_dense"] - r0["sparse_over_dense"])
+                d_star = r0["density"] + t * (r1["density"] - r0["density"])
+                break
+        if rs[0]["sparse_over_dense"] >= 1.0:
+            d_star = rs[0]["density"]
+        r = rs[0]
+        cls = C._conv_class(r["oc"], r["c"] // r["groups"], r["kh"], r["kw"])
+        cross[lname] = {"class": cls, "crossover": round(d_star, 3)}
+        by_class.setdefault(cls, []).append(d_star)
+    print("crossover density per class (median):",
+          {k: round(float(np.median(v)), 2) for k, v in sorted(by_class.items())})
     suffix = "" if args.mcpu in (None, "host") else f"_{args.mcpu}"
     out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"conv_kernels{suffix}.json"
     if not args.quick:
@@ -179,7 +198,7 @@ def main(argv=None) -> int:
         meta = {"threads": args.threads, "rounds": rounds, "target": tdict, "torch": torch.__version__,
                 "tvm": tvm.__version__, "machine": platform.machine(), "python": sys.version.split()[0],
                 "note": "medians over interleaved rounds on a shared 2-core VM: compare ratios, not absolutes"}
-        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        out.write_text(json.dumps({"meta": meta, "rows": rows, "crossovers": cross}, indent=1) + "\n")
         print(f"wrote {out}")
     return 0
 

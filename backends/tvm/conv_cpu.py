@@ -6,7 +6,8 @@ from __future__ import annotations
 from .conv_geom import ConvGeom
 from .kernels import _act
 
-__all__ = ["fill_channel_macro", "fill_workspace_macro", "sparse_conv2d_plane", "sparse_conv2d_chunk", "dense_conv2d_cpu"]
+__all__ = ["fill_channel_macro", "fill_workspace_macro", "sparse_conv2d_plane", "sparse_conv2d_chunk",
+           "dense_conv2d_cpu"]
 
 
 def fill_channel_macro(g: ConvGeom):
@@ -74,9 +75,9 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
 
     Parallel over (image, output channel): copy the group's input channels into a task-private padded,
     stride-decomposed buffer (cache-resident; no separate pass over the whole input), decode the row's
-    non-zeros into a per-task (offset, weight) table, then sweep the padded-pitch plane in ``g.chunk``-float register tiles, two accumulator sets alternating
-    over the non-zeros. Chosen for depthwise-like layers (one input channel per output channel), whose
-    input plane is private to the task. ``nnz`` = length of ``col``/``code`` (>= 1).
+    non-zeros into a per-task (offset, weight) table, then sweep the padded-pitch plane in ``g.chunk``-float
+    register tiles, two accumulator sets alternating over the non-zeros. Chosen for depthwise-like layers
+    (one input channel per output channel). ``nnz`` = length of ``col``/``code`` (>= 1).
     """
     from tvm.script import tirx as T
 

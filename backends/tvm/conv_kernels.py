@@ -18,20 +18,23 @@ padding and dilation:
 * Output positions are numbered with the workspace's row pitch, ``p = oy * WQ + ox`` (the columns
   ``ow <= ox < WQ`` are computed and discarded), so the input of non-zero ``j`` for position ``p`` is
   ``xs[off_j + p]``: one flat, contiguous, vectorised FMA stream per non-zero.
-* Each non-zero is decoded once per call into ``(off_j, w_j = codebook[code_j])``; the plane is swept in
-  register tiles of ``chunk`` floats (initialised to the bias), each looping over the output channel's
-  non-zeros with 2-4 independent accumulator sets (FMA latency), so a non-zero costs one broadcast and
-  ``chunk / lanes`` vector loads + FMAs and the accumulators never leave registers. ReLU is fused.
+* Each non-zero is decoded once per call (per image in ``plane``) into ``(off_j, codebook[code_j])``;
+  the plane is swept in register tiles of ``chunk`` floats (initialised to the bias), each looping over the
+  output channel's non-zeros with 2-4 independent accumulator sets (FMA latency), so a non-zero costs one
+  broadcast and ``chunk / lanes`` vector loads + FMAs and the accumulators never leave registers. ReLU is
+  fused.
 
-Two schedules (:mod:`.conv_cpu`): ``chunk`` (parallel over spatial chunks, all output channels inside, so the
-chunk's input rows are reused from cache by every output channel; ``bench/conv_kernels.py --schedules``:
-0.6-0.9x the time of ``plane`` on the ResNet/LeNet/1x1 layers) and ``plane`` (parallel over (image, output
-channel); 1.15-1.7x faster than ``chunk`` for depthwise layers, whose input channel is private to one output
-channel). Register tiles follow the target ISA (:func:`.conv_geom.cpu_tiles`: AVX-512, AVX2, SSE2, NEON).
+Two schedules (:mod:`.conv_cpu`): ``chunk`` (one parallel pass copies the input, then parallel over spatial
+chunks with all output channels inside, so the chunk's input rows are reused from cache by every output
+channel) and ``plane`` (parallel over (image, output channel), each task copying its group's input channels
+into a private buffer). ``bench/conv_kernels.py --schedules``: ``plane`` is 1.02-1.8x faster on the depthwise
+layers and up to 100x slower elsewhere (it re-copies all input channels per output channel), so it is used
+only when ``ic/groups == 1``. Register tiles follow the target ISA (:func:`.conv_geom.cpu_tiles`: AVX-512,
+AVX2, SSE2, NEON).
 
 The dense fallback (:func:`dense_conv2d_func`) is the same direct convolution over the same workspace with
 the weights read densely and ``ob`` = 4 (or 2, 1) output channels of one group sharing every loaded input
-vector (register tile ``ob x 2 vectors``). On the AVX-512 host it runs at 0.5-1.0x torch's time.
+vector (register tile ``ob x 2 vectors``). On the AVX-512 host it takes 0.5-1.15x torch's time.
 
 GPU kernels (:mod:`.conv_gpu`; explicit ``T.thread_binding``, ``tirx.is_scheduled``): one thread per output
 pixel; grid ``(ceil(oh*ow / threads), oc, n)``; the block first stages the codebook in shared memory (CUDA
@@ -49,24 +52,30 @@ time of the sparse kernel / the dense TVM fallback on the same target; k = 32 (R
 
     layer                   | AVX-512 sparse/dense     | sp/torch  | dense | AVX2 s/d       | SSE2 s/d
     (density ->)            |  0.1  0.2  0.3  0.5  1.0 |  0.1  0.3 | /trch |  0.3  0.5  1.0 |  0.3  0.5  1.0
-    RN18 64->64 3x3 @56     | 0.31 0.61 0.92 1.54 2.79 | 0.28 0.83 | 0.91  | 0.48 0.85 1.61 | 0.34 0.56 1.13
-    RN18 128->128 3x3 @28   | 0.36 0.71 1.02 1.60 2.93 | 0.34 0.98 | 0.95  | 0.60 1.02 1.77 | 0.48 0.80 1.48
-    RN18 256->256 3x3 @14   | 0.33 0.61 0.88 1.42 2.70 | 0.32 0.87 | 0.99  | 0.51 0.85 1.59 | 0.42 0.71 1.32
-    RN18 512->512 3x3 @7    | 0.32 0.58 0.83 1.33 2.77 | 0.19 0.49 | 0.58  | 0.55 0.88 1.89 | 0.51 0.84 1.85
-    RN18 down 64->128 1x1 s2| 0.45 0.54 0.65 0.89 1.51 | 0.25 0.36 | 0.55  | 0.49 0.70 1.30 | 0.36 0.55 1.02
-    MBv2 dw 144 3x3 s1 @56  | 0.69 0.75 0.81 0.96 1.30 | 0.36 0.43 | 0.53  | 0.72 0.86 1.25 | 0.68 0.88 1.43
-    MBv2 dw 144 3x3 s2 @56  | 0.92 0.93 0.97 1.00 1.07 | 0.91 0.95 | 0.98  | 0.89 0.96 1.12 | 0.86 0.96 1.12
-    MBv2 pw 32->192 1x1 @56 | 0.45 0.53 0.64 0.85 1.38 | 0.27 0.38 | 0.59  | 0.42 0.66 1.25 | 0.33 0.53 1.02
-    LeNet-5 conv2 20->50 5x5| 0.20 0.37 0.54 0.88 1.71 | 0.09 0.25 | 0.46  | 0.31 0.50 0.98 | 0.52 0.84 1.70
+    RN18 64->64 3x3 @56     | 0.27 0.52 0.78 1.32 2.60 | 0.29 0.83 | 1.06  | 0.49 0.86 1.64 | 0.34 0.56 1.12
+    RN18 128->128 3x3 @28   | 0.31 0.63 0.92 1.43 2.68 | 0.35 1.05 | 1.14  | 0.60 1.02 1.78 | 0.43 0.74 1.35
+    RN18 256->256 3x3 @14   | 0.33 0.62 0.90 1.42 2.70 | 0.34 0.93 | 1.04  | 0.51 0.85 1.62 | 0.42 0.71 1.34
+    RN18 512->512 3x3 @7    | 0.33 0.61 0.86 1.37 2.73 | 0.25 0.63 | 0.74  | 0.57 0.88 1.85 | 0.51 0.82 1.62
+    RN18 down 64->128 1x1 s2| 0.44 0.54 0.66 0.90 1.50 | 0.26 0.39 | 0.59  | 0.49 0.71 1.27 | 0.36 0.55 1.02
+    MBv2 dw 144 3x3 s1 @56  | 0.50 0.58 0.66 0.82 1.21 | 0.36 0.46 | 0.71  | 0.58 0.75 1.21 | 0.67 0.83 1.27
+    MBv2 dw 144 3x3 s2 @56  | 0.82 0.84 0.87 0.91 1.01 | 0.80 0.85 | 0.98  | 0.82 0.87 1.00 | 0.83 0.89 1.09
+    MBv2 pw 32->192 1x1 @56 | 0.45 0.55 0.65 0.86 1.42 | 0.26 0.38 | 0.58  | 0.42 0.66 1.23 | 0.33 0.53 1.02
+    LeNet-5 conv2 20->50 5x5| 0.20 0.37 0.53 0.87 1.70 | 0.10 0.26 | 0.48  | 0.31 0.50 0.99 | 0.45 0.73 1.42
 
-The sparse kernel's time is close to linear in density; depthwise layers are bound by the input copy (few
-taps per output), so sparsity buys them little. The dense fallback on generic x86-64 (SSE2) is 2.2-4.8x
-slower than torch (which dispatches to AVX-512 at run time): compile with ``detect_cpu=True`` for speed.
-Crossovers (sparse = dense) read off these rows give :data:`DENSE_CONV_THRESHOLDS`, by layer class
-(:func:`use_dense_conv`): AVX-512 ``reduce`` (kh*kw > 1, >= 64 taps, oc % 4 == 0) 0.33-0.38 -> 0.35, LeNet's
-``reduce_odd_oc`` (the dense tile drops to ob = 2) 0.57 -> 0.55, 1x1 0.59-0.64 -> 0.6, depthwise 0.5-0.56 ->
-0.55; AVX2: 0.5-0.61 -> 0.55, 1.0, 0.75-0.79 -> 0.75, 0.67-0.68 -> 0.7; SSE2: 0.58-0.89 -> 0.65, 0.6-0.69 ->
-0.65, 0.97-0.99 -> 0.95, 0.61-0.66 -> 0.6. Within +-0.1 of a crossover the two kernels differ by < 20%.
+The sparse kernel's time is close to linear in density; depthwise layers (9 taps per output) are dominated
+by the input copy, so sparsity buys them less. The dense fallback on generic x86-64 (SSE2) is 1.1-5x slower
+than torch (which dispatches to AVX-512 at run time): compile with ``detect_cpu=True`` for speed.
+The benchmark interpolates each layer's crossover density (sparse time == dense time) and prints the median
+per layer class (:func:`use_dense_conv`); rounded to 0.05 they are :data:`DENSE_CONV_THRESHOLDS`:
+
+    class (see _conv_class)                   AVX-512      AVX2        SSE2         layers
+    reduce (kh*kw > 1, >= 64 taps, oc%4 == 0)  0.35 (0.35)  0.6 (0.58)  0.7 (0.72)   ResNet-18 3x3 (4)
+    reduce_odd_oc (dense tile ob = 2 or 1)      0.6 (0.58)   1.0 (1.0)   0.7 (0.70)   LeNet-5 conv2 (oc 50)
+    pointwise (1x1)                             0.6 (0.60)   0.8 (0.78)  1.0 (0.98)   RN18 downsample, MBv2 pw
+    small (< 64 taps, e.g. depthwise 3x3)       0.8 (0.84)   0.85 (0.88) 0.75 (0.73)  MBv2 depthwise s1, s2
+
+(medians of the final run in parentheses; an earlier full run gave values within 0.1 of these, and near a
+crossover the two kernels are within a few percent of each other, so the rounding costs little.)
 """
 from __future__ import annotations
 
@@ -215,9 +224,9 @@ def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, 
 # Density from which the dense fallback beats the sparse kernel, by CPU vector width (lanes) and layer class
 # (see _conv_class); measured with bench/conv_kernels.py (table in the module docstring).
 DENSE_CONV_THRESHOLDS: dict[int, dict[str, float]] = {
-    16: {"reduce": 0.35, "reduce_odd_oc": 0.55, "pointwise": 0.6, "small": 0.55},  # AVX-512 (znver5)
-    8: {"reduce": 0.55, "reduce_odd_oc": 1.0, "pointwise": 0.75, "small": 0.7},    # AVX2 (mcpu=haswell)
-    4: {"reduce": 0.65, "reduce_odd_oc": 0.65, "pointwise": 0.95, "small": 0.6},   # SSE2 (generic x86-64)
+    16: {"reduce": 0.35, "reduce_odd_oc": 0.6, "pointwise": 0.6, "small": 0.8},    # AVX-512 (znver5)
+    8: {"reduce": 0.6, "reduce_odd_oc": 1.0, "pointwise": 0.8, "small": 0.85},     # AVX2 (mcpu=haswell)
+    4: {"reduce": 0.7, "reduce_odd_oc": 0.7, "pointwise": 1.0, "small": 0.75},     # SSE2 (generic x86-64)
 }
 GPU_DENSE_CONV_THRESHOLD = 0.5  # not measured (no GPU here): see use_dense_conv
 
