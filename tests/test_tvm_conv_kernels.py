@@ -297,3 +297,30 @@ def test_use_dense_conv_picks_the_row_of_the_target_isa():
     assert not CK.use_dense_conv(0.4, *resnet3x3)  # generic x86-64: 0.65
     assert CK._conv_class(144, 1, 3, 3) == "small" and CK._conv_class(192, 32, 1, 1) == "pointwise"
     assert CK._conv_class(50, 20, 5, 5) == "reduce_odd_oc" and CK._conv_class(64, 64, 3, 3) == "reduce"
+
+
+def test_kernels_run_inside_a_relax_module():
+    """Both kernels as ``relax.call_tir`` callees with the compressed arrays as constants (how the lowering
+    uses them): sparse 3x3 conv + ReLU, then a dense depthwise stride-2 conv, through the Relax VM."""
+    from tvm import relax
+
+    L1 = dict(n=1, c=8, h=12, w=12, oc=16, kh=3, kw=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
+    L2 = dict(n=1, c=16, h=12, w=12, oc=16, kh=3, kw=3, stride=(2, 2), padding=(1, 1), dilation=(1, 1), groups=16)
+    x1, b1, csr, wd1, y1shape = _case(L1, 0.3, 16, True, 1)
+    _, b2, _, wd2, y2shape = _case(L2, 1.0, 8, False, 2)
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x1.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            g1 = bb.add_func(CK.sparse_conv2d_func(LLVM, **L1, **_sparse_args(csr), relu=True, name="c1"), "c1")
+            y = bb.emit(relax.call_tir(g1, [xv] + [relax.const(a) for a in csr.arrays() + [b1]],
+                                       relax.TensorType(y1shape, "float32")))
+            g2 = bb.add_func(CK.dense_conv2d_func(LLVM, **L2, name="c2"), "c2")
+            y = bb.emit(relax.call_tir(g2, [y, relax.const(wd2), relax.const(b2)],
+                                       relax.TensorType(y2shape, "float32")))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target(LLVM)), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(x1)).numpy()
+    ref = _ref(_ref(x1, wd1, b1, L1, True), wd2, b2, L2, False)
+    _close(got, ref)
