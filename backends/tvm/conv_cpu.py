@@ -1,0 +1,320 @@
+"""CPU (``llvm``: x86, aarch64) TVMScript kernels of :mod:`.conv_kernels`: the two direct sparse convolution
+schedules on CSR + codebook weights (``plane``, ``chunk``) and the register-blocked dense convolution, all over
+the padded, stride-decomposed workspace described in :mod:`.conv_kernels`."""
+from __future__ import annotations
+
+from .conv_geom import ConvGeom
+from .kernels import _act
+
+__all__ = ["fill_channel_macro", "fill_workspace_macro", "sparse_conv2d_plane", "sparse_conv2d_chunk",
+           "dense_conv2d_cpu"]
+
+
+def fill_channel_macro(g: ConvGeom):
+    """TVMScript macro ``fill_channel(x, xs, dst, b, ci)``: copy channel ``ci`` of image ``b`` of ``x`` into the
+    zero-padded, stride-decomposed layout (``nphase`` planes of ``hq x wq``) at ``xs[dst:]``. Rows are split
+    into left border / contiguous copy / right border (no per-element bounds test); phases no tap reads
+    (e.g. the odd phases of a strided 1x1 conv) are only zeroed."""
+    from tvm.script import tirx as T
+
+    h, w, sh, sw, ph, pw = g.h, g.w, g.sh, g.sw, g.ph, g.pw
+    hq, wq, pl, nph = g.hq, g.wq, g.plane, g.nphase
+    used_y = sum(1 << py for py in {r * g.dh % sh for r in range(g.kh)})  # bit py: a tap reads phase row py
+    used_x = sum(1 << px for px in {s * g.dw % sw for s in range(g.kw)})
+    used_y, used_x = (-1 if sh > 30 else used_y), (-1 if sw > 30 else used_x)  # int32 masks; -1 = all
+
+    @T.macro
+    def fill_channel(x, xs, dst, b, ci):
+        for p_ in T.serial(nph):
+            if T.shift_right(used_y, p_ // sw) % 2 == 1 and T.shift_right(used_x, p_ % sw) % 2 == 1:
+                for qy in T.serial(hq):
+                    iy = T.bind(qy * sh + p_ // sw - ph)
+                    row = T.bind(dst + p_ * pl + qy * wq)
+                    if iy >= 0 and iy < h:
+                        lo = T.bind(T.min((pw - p_ % sw + sw - 1) // sw, wq))
+                        hi = T.bind(T.max(T.min((w - 1 + pw - p_ % sw) // sw + 1, wq), lo))
+                        for qx in T.serial(lo):
+                            xs[row + qx] = T.float32(0)
+                        for qx in T.serial(hi - lo):
+                            xs[row + lo + qx] = x[b, ci, iy, (lo + qx) * sw + p_ % sw - pw]
+                        for qx in T.serial(wq - hi):
+                            xs[row + hi + qx] = T.float32(0)
+                    else:
+                        for qx in T.serial(wq):
+                            xs[row + qx] = T.float32(0)
+            else:
+                for i in T.serial(pl):
+                    xs[dst + p_ * pl + i] = T.float32(0)
+
+    return fill_channel
+
+
+def fill_workspace_macro(g: ConvGeom):
+    """TVMScript macro ``fill(x, xs)``: every channel of every image into the workspace ``xs`` (parallel over
+    them, see :func:`fill_channel_macro`), then the zeroed slack after the last plane."""
+    from tvm.script import tirx as T
+
+    n, c, pl, nph = g.n, g.c, g.plane, g.nphase
+    body = n * c * nph * pl
+    slack = max(g.slack, 1)
+    fill_channel = fill_channel_macro(g)
+
+    @T.macro
+    def fill(x, xs):
+        for bc in T.parallel(n * c):
+            fill_channel(x, xs, bc * nph * pl, bc // c, bc % c)
+        for i in T.serial(slack):
+            xs[body + i] = T.float32(0)
+
+    return fill
+
+
+# ---------------------------------------------------------------------------------------------------------
+def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
+    """``plane`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
+
+    Parallel over (image, output channel): copy the group's input channels into a task-private padded,
+    stride-decomposed buffer (cache-resident; no separate pass over the whole input), decode the row's
+    non-zeros into a per-task (offset, weight) table, then sweep the padded-pitch plane in ``g.chunk``-float
+    register tiles, two accumulator sets alternating over the non-zeros. Chosen for depthwise-like layers
+    (one input channel per output channel). ``nnz`` = length of ``col``/``code`` (>= 1).
+    """
+    from tvm.script import tirx as T
+
+    n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
+    kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
+    wq, pl, nph, icg, ocg = g.wq, g.plane, g.nphase, g.icg, g.ocg
+    kk = kh * kw
+    nnz = max(int(nnz), 1)
+    tab = max(1, min(nnz, icg * kk))  # longest possible row
+    ch, nch = g.chunk, g.nch
+    body = icg * nph * pl
+    wsl = body + max(g.slack, 1)  # one task's input channels (one for depthwise) + slack
+    fill_channel = fill_channel_macro(g)
+    # wq == ow: the padded-pitch plane is y's own layout -> full chunks are stored straight into y
+    direct = wq == ow
+    ohw = oh * ow
+    nfull = ohw // ch
+    nout = ch if direct else nch * ch
+
+    @T.prim_func
+    def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
+               col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
+               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
+               y: T.Buffer((n, oc, oh, ow), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
+        for bo in T.parallel(n * oc):
+            xs = T.alloc_buffer((wsl,), "float32", scope="global")
+            off = T.alloc_buffer((tab,), "int32", scope="global")
+            wv = T.alloc_buffer((tab,), "float32", scope="global")
+            acc = T.alloc_buffer((2, ch), "float32", scope="global")
+            out = T.alloc_buffer((nout,), "float32", scope="global")
+            b = T.bind(bo // oc)
+            o = T.bind(bo % oc)
+            lo = T.bind(rowptr[o])
+            nr = T.bind(rowptr[o + 1] - lo)
+            for ic in T.serial(icg):
+                fill_channel(x, xs, ic * nph * pl, b, o // ocg * icg + ic)
+            for i in T.serial(wsl - body):
+                xs[body + i] = T.float32(0)
+            for t in T.serial(nr):
+                cc = T.bind(T.Cast("int32", col[lo + t]))
+                ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
+                rx = T.bind(T.truncmod(cc, kw) * dw)
+                off[t] = ((T.truncdiv(cc, kk) * nph + ry % sh * sw + rx % sw) * pl + ry // sh * wq + rx // sw)
+                wv[t] = codebook[T.Cast("int32", code[lo + t])]
+            for q in T.serial(nch):
+                for v in T.vectorized(ch):
+                    acc[0, v] = bias[o]
+                for v in T.vectorized(ch):
+                    acc[1, v] = T.float32(0)
+                for t in T.serial(nr // 2):
+                    w0 = T.bind(wv[t * 2])
+                    b0 = T.bind(off[t * 2] + q * ch)
+                    w1 = T.bind(wv[t * 2 + 1])
+                    b1 = T.bind(off[t * 2 + 1] + q * ch)
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + w0 * xs[b0 + v]
+                    for v in T.vectorized(ch):
+                        acc[1, v] = acc[1, v] + w1 * xs[b1 + v]
+                for t in T.serial(nr % 2):
+                    wt = T.bind(wv[nr - 1])
+                    bt = T.bind(off[nr - 1] + q * ch)
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + wt * xs[bt + v]
+                if direct:
+                    if q < nfull:
+                        for v in T.vectorized(ch):
+                            yf[bo * ohw + q * ch + v] = _act(acc[0, v] + acc[1, v], relu)
+                    else:
+                        for v in T.vectorized(ch):
+                            out[v] = acc[0, v] + acc[1, v]
+                        for v in T.serial(ohw - nfull * ch):
+                            yf[bo * ohw + nfull * ch + v] = _act(out[v], relu)
+                else:
+                    for v in T.vectorized(ch):
+                        out[q * ch + v] = acc[0, v] + acc[1, v]
+            if not direct:
+                for oy in T.serial(oh):
+                    for ox in T.serial(ow):
+                        y[b, o, oy, ox] = _act(out[oy * wq + ox], relu)
+
+    return kernel
+
+
+def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
+                        nacc: int = 2):
+    """``chunk`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
+
+    One parallel pass decodes all non-zeros into global (offset, weight) tables; then, parallel over (image,
+    ``g.chunk``-float spatial chunk), every output channel sweeps its table into ``nacc`` independent
+    register accumulator sets, so the chunk's input rows stay in cache across all output channels. Output
+    goes straight into ``y`` when the workspace row pitch equals ``ow`` (``padding_w == 0``, 1-wide kernels),
+    else through a padded-pitch staging buffer. ``nnz`` = length of ``col``/``code`` (>= 1).
+    """
+    from tvm.script import tirx as T
+
+    n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
+    kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
+    wq, pl, nph, icg, ocg = g.wq, g.plane, g.nphase, g.icg, g.ocg
+    kk = kh * kw
+    nnz = max(int(nnz), 1)
+    ch, nch = g.chunk, g.nch
+    ws = g.ws_size
+    fill = fill_workspace_macro(g)
+    direct = wq == ow  # the padded-pitch plane is y's own layout: chunks go straight into y
+    ohw = oh * ow
+    nfull = ohw // ch
+    nstage = 1 if direct else n * oc * nch * ch
+    img = c * nph * pl
+
+    @T.prim_func
+    def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
+               col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
+               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
+               y: T.Buffer((n, oc, oh, ow), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
+        xs = T.alloc_buffer((ws,), "float32", scope="global")
+        toff = T.alloc_buffer((nnz,), "int32", scope="global")
+        tw = T.alloc_buffer((nnz,), "float32", scope="global")
+        stage = T.alloc_buffer((nstage,), "float32", scope="global")
+        fill(x, xs)
+        for o in T.parallel(oc):
+            for j in T.serial(rowptr[o], rowptr[o + 1]):
+                cc = T.bind(T.Cast("int32", col[j]))
+                ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
+                rx = T.bind(T.truncmod(cc, kw) * dw)
+                toff[j] = ((o // ocg * icg + T.truncdiv(cc, kk)) * nph + ry % sh * sw + rx % sw) * pl \
+                    + ry // sh * wq + rx // sw
+                tw[j] = codebook[T.Cast("int32", code[j])]
+        for bq in T.parallel(n * nch):
+            acc = T.alloc_buffer((nacc, ch), "float32", scope="global")
+            b = T.bind(bq // nch)
+            q = T.bind(bq % nch)
+            base = T.bind(b * img + q * ch)
+            for o in T.serial(oc):
+                lo = T.bind(rowptr[o])
+                nr = T.bind(rowptr[o + 1] - lo)
+                for v in T.vectorized(ch):
+                    acc[0, v] = bias[o]
+                for a in T.unroll(1, nacc):
+                    for v in T.vectorized(ch):
+                        acc[a, v] = T.float32(0)
+                for t in T.serial(nr // nacc):
+                    for a in T.unroll(nacc):
+                        wa = T.bind(tw[lo + t * nacc + a])
+                        ba = T.bind(toff[lo + t * nacc + a] + base)
+                        for v in T.vectorized(ch):
+                            acc[a, v] = acc[a, v] + wa * xs[ba + v]
+                for t in T.serial(nr % nacc):
+                    wt = T.bind(tw[lo + nr // nacc * nacc + t])
+                    bt = T.bind(toff[lo + nr // nacc * nacc + t] + base)
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + wt * xs[bt + v]
+                for a in T.unroll(1, nacc):
+                    for v in T.vectorized(ch):
+                        acc[0, v] = acc[0, v] + acc[a, v]
+                if direct:
+                    if q < nfull:
+                        for v in T.vectorized(ch):
+                            yf[(b * oc + o) * ohw + q * ch + v] = _act(acc[0, v], relu)
+                    else:
+                        for v in T.serial(ohw - nfull * ch):
+                            yf[(b * oc + o) * ohw + nfull * ch + v] = _act(acc[0, v], relu)
+                else:
+                    for v in T.vectorized(ch):
+                        stage[((b * oc + o) * nch + q) * ch + v] = acc[0, v]
+        if not direct:
+            for bo in T.parallel(n * oc):
+                for oy in T.serial(oh):
+                    for ox in T.serial(ow):
+                        y[bo // oc, bo % oc, oy, ox] = _act(stage[bo * nch * ch + oy * wq + ox], relu)
+
+    return kernel
+
+
+def dense_conv2d_cpu(g: ConvGeom, relu: bool, name: str, ob: int):
+    """Dense direct convolution ``name(x, weight, bias, y)`` over the same workspace: parallel over (image,
+    block of ``ob`` output channels of one group, ``ob`` dividing ``oc/groups``); per ``g.chunk``-float chunk
+    an ``ob x chunk`` register tile, each loaded input vector feeding ``ob`` FMAs."""
+    from tvm.script import tirx as T
+
+    n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
+    kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
+    wq, pl, nph, icg, ocg = g.wq, g.plane, g.nphase, g.icg, g.ocg
+    ch, nch = g.chunk, g.nch
+    ws = g.ws_size
+    fill = fill_workspace_macro(g)
+    nob = oc // ob
+    direct = wq == ow
+    ohw = oh * ow
+    nfull = ohw // ch
+    nout = 1 if direct else nch * ch
+
+    @T.prim_func
+    def kernel(x: T.Buffer((n, c, h, w), "float32"), weight: T.Buffer((oc, icg, kh, kw), "float32"),
+               bias: T.Buffer((oc,), "float32"), y: T.Buffer((n, oc, oh, ow), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
+        xs = T.alloc_buffer((ws,), "float32", scope="global")
+        fill(x, xs)
+        for bo in T.parallel(n * nob):
+            acc = T.alloc_buffer((ob, ch), "float32", scope="global")
+            out = T.alloc_buffer((ob, nout), "float32", scope="global")
+            b = T.bind(bo // nob)
+            o0 = T.bind(bo % nob * ob)
+            gbase = T.bind((b * c + o0 // ocg * icg) * nph * pl)
+            for q in T.serial(nch):
+                for u in T.unroll(ob):
+                    for v in T.vectorized(ch):
+                        acc[u, v] = bias[o0 + u]
+                for ic in T.serial(icg):
+                    for r in T.serial(kh):
+                        for s in T.serial(kw):
+                            base = T.bind(gbase + (ic * nph + r * dh % sh * sw + s * dw % sw) * pl
+                                          + r * dh // sh * wq + s * dw // sw + q * ch)
+                            for u in T.unroll(ob):
+                                for v in T.vectorized(ch):
+                                    acc[u, v] = acc[u, v] + weight[o0 + u, ic, r, s] * xs[base + v]
+                if direct:
+                    if q < nfull:
+                        for u in T.unroll(ob):
+                            for v in T.vectorized(ch):
+                                yf[(b * oc + o0 + u) * ohw + q * ch + v] = _act(acc[u, v], relu)
+                    else:
+                        for u in T.serial(ob):
+                            for v in T.serial(ohw - nfull * ch):
+                                yf[(b * oc + o0 + u) * ohw + nfull * ch + v] = _act(acc[u, v], relu)
+                else:
+                    for u in T.unroll(ob):
+                        for v in T.vectorized(ch):
+                            out[u, q * ch + v] = acc[u, v]
+            if not direct:
+                for u in T.serial(ob):
+                    for oy in T.serial(oh):
+                        for ox in T.serial(ow):
+                            y[b, o0 + u, oy, ox] = _act(out[u, oy * wq + ox], relu)
+
+    return kernel
