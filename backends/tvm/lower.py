@@ -334,10 +334,8 @@ class _Converters:
     def _conv(self, node, imp, x, pname, bnode, stride, padding, dilation, groups, conv1d=False):
         from tvm import relax
 
-        try:
-            from . import conv_kernels as CK
-        except ImportError:  # TEMP until the conv kernels land
-            return self._frontend(node, pname, "conv1d" if conv1d else "conv2d", self.effective_weight(pname)[0])
+        from . import conv_kernels as CK
+
         layer = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname
         weight, w = self.effective_weight(pname)
         if conv1d:
@@ -351,7 +349,8 @@ class _Converters:
         bias, bias_bytes = self._bias(imp, bnode, oc)
         density = int(np.count_nonzero(weight)) / max(1, weight.size)
         force = self.options.get("kernel")
-        dense = force == "dense" or (force is None and CK.use_dense_conv(density, oc, icg, kh, kw, oh, ow))
+        dense = force == "dense" or (force is None and CK.use_dense_conv(density, oc, icg, kh, kw, oh, ow,
+                                                                        target=self.target))
         r = self._fusable_relu(node)
         name = self._unique(layer)
         geo = dict(n=n, c=c, h=h, w=wd, oc=oc, kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation,

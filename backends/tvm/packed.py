@@ -126,3 +126,96 @@ def choose_layout(csr: CSRCodebook) -> CSRCodebook | PackedCSR:
         return csr
     packed = PackedCSR.from_csr(csr)
     return packed if packed.nbytes < csr.nbytes else csr
+
+
+def packed_linear_cpu(n_out: int, n_in: int, n_entries: int, k: int, code_bits: int, entry_dtype: str,
+                      batch: int = 1, *, relu: bool = False, name: str = "dcc_packed_linear", block: int = 64,
+                      batch_tile: int = 16):
+    """PrimFunc ``name(x[batch, n_in], rowptr[n_out+1], entries[n], codebook[k], bias[n_out], y[batch, n_out])``
+    computing ``y = act(x W^T + bias)`` on a :class:`PackedCSR` weight, for CPUs.
+
+    Parallel over ``block``-row blocks. Each entry is decoded in the loop (column += gap + 1, or the filler's
+    skip; weight = ``codebook[code]``, 0 for a filler). Batch 1 reads ``x`` directly; batch B first transposes
+    ``x`` to ``(n_in, B)`` so one decoded weight feeds a vectorised strip of B inputs (batch tiles of 16).
+    ``k``: real centroids (a filler's code field may exceed it and is never used as an index).
+    """
+    from tvm.script import tirx as T
+
+    n_entries = max(int(n_entries), 1)
+    nblk = (n_out + block - 1) // block
+    bits = 8 * np.dtype(entry_dtype).itemsize
+    esc = (1 << (bits - code_bits)) - 1
+    mask = (1 << code_bits) - 1
+
+    if batch == 1:
+        @T.prim_func
+        def kernel(x: T.Buffer((1, n_in), "float32"), rowptr: T.Buffer((n_out + 1,), "int32"),
+                   entries: T.Buffer((n_entries,), entry_dtype), codebook: T.Buffer((k,), "float32"),
+                   bias: T.Buffer((n_out,), "float32"), y: T.Buffer((1, n_out), "float32")):
+            T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
+            for blk in T.parallel(nblk):
+                acc = T.alloc_buffer((2,), "float32", scope="global")
+                col = T.alloc_buffer((1,), "int32", scope="global")
+                for ii in T.serial(T.min(block, n_out - blk * block)):
+                    i = T.bind(blk * block + ii)
+                    acc[0] = T.float32(0)
+                    acc[1] = T.float32(0)
+                    col[0] = -1
+                    for j in T.serial(rowptr[i], rowptr[i + 1]):
+                        e = T.bind(T.Cast("int32", entries[j]))
+                        g = T.bind(T.shift_right(e, code_bits))
+                        c = T.bind(T.bitwise_and(e, mask))
+                        if g == esc:
+                            col[0] = col[0] + (c + 1) * esc
+                        else:
+                            col[0] = col[0] + g + 1
+                            acc[j % 2] = acc[j % 2] + codebook[c] * x[0, col[0]]
+                    if relu:
+                        y[0, i] = T.max(acc[0] + acc[1] + bias[i], T.float32(0))
+                    else:
+                        y[0, i] = acc[0] + acc[1] + bias[i]
+
+        return kernel
+
+    bt = batch if batch <= batch_tile else batch_tile
+    nbt = (batch + bt - 1) // bt
+    bp = nbt * bt
+
+    @T.prim_func
+    def kernel_b(x: T.Buffer((batch, n_in), "float32"), rowptr: T.Buffer((n_out + 1,), "int32"),
+                 entries: T.Buffer((n_entries,), entry_dtype), codebook: T.Buffer((k,), "float32"),
+                 bias: T.Buffer((n_out,), "float32"), y: T.Buffer((batch, n_out), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
+        xt = T.alloc_buffer((n_in, bp), "float32", scope="global")
+        for cc in T.parallel(n_in):
+            for b in T.serial(bp):
+                xt[cc, b] = T.if_then_else(b < batch, x[T.min(b, batch - 1), cc], T.float32(0))
+        for blk in T.parallel(nblk):
+            acc = T.alloc_buffer((bt,), "float32", scope="global")
+            col = T.alloc_buffer((1,), "int32", scope="global")
+            for tb in T.serial(nbt):
+                for ii in T.serial(T.min(block, n_out - blk * block)):
+                    i = T.bind(blk * block + ii)
+                    for v in T.vectorized(bt):
+                        acc[v] = T.float32(0)
+                    col[0] = -1
+                    for j in T.serial(rowptr[i], rowptr[i + 1]):
+                        e = T.bind(T.Cast("int32", entries[j]))
+                        g = T.bind(T.shift_right(e, code_bits))
+                        c = T.bind(T.bitwise_and(e, mask))
+                        if g == esc:
+                            col[0] = col[0] + (c + 1) * esc
+                        else:
+                            col[0] = col[0] + g + 1
+                            w = T.bind(codebook[c])
+                            cx = T.bind(col[0])
+                            for v in T.vectorized(bt):
+                                acc[v] = acc[v] + w * xt[cx, tb * bt + v]
+                    for v in T.serial(bt):
+                        if tb * bt + v < batch:
+                            if relu:
+                                y[tb * bt + v, i] = T.max(acc[v] + bias[i], T.float32(0))
+                            else:
+                                y[tb * bt + v, i] = acc[v] + bias[i]
+
+    return kernel_b
