@@ -57,9 +57,9 @@ def _time(fn, x, reps: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def run(name: str, rounds: int, reps: int) -> dict:
+def run(name: str, rounds: int, reps: int, weights: str = "fast") -> dict:
     spec, shape, pipeline = MODELS[name]
-    model, weights = _build(spec)
+    model, origin = _build(spec)
     model.eval()
     x = torch.randn(*shape)
     t0 = time.perf_counter()
@@ -68,7 +68,8 @@ def run(name: str, rounds: int, reps: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         dcc_bytes = comp.save(pathlib.Path(d) / f"{name}.dcc")
     t0 = time.perf_counter()
-    tvm_model = dccomp.compile(comp, backend="tvm", example_inputs=x)  # llvm tuned for this CPU
+    tvm_model = dccomp.compile(comp, backend="tvm", example_inputs=x,  # llvm tuned for this CPU
+                               backend_options={"weights": weights})
     t_build = time.perf_counter() - t0
     low = tvm_model.lowered if "lowered" in tvm_model._modules else tvm_model._lowered_fn
     with torch.no_grad():
@@ -87,7 +88,7 @@ def run(name: str, rounds: int, reps: int) -> dict:
         kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {
-        "model": name, "weights": weights, "input": list(shape), "pipeline": pipeline,
+        "model": name, "weights": origin, "kernel_choice": weights, "input": list(shape), "pipeline": pipeline,
         "dense_param_bytes": dense_bytes, "dcc_bytes": dcc_bytes, "file_ratio": dense_bytes / dcc_bytes,
         "artifact_const_bytes": low.weight_nbytes, "artifact_over_dcc": low.weight_nbytes / dcc_bytes,
         "layer_kernels": kinds, "max_rel_err_vs_torch_backend": err,
@@ -97,7 +98,8 @@ def run(name: str, rounds: int, reps: int) -> dict:
         "compress_s": t_compress, "build_s": t_build, "threads": 1, "rounds": rounds, "reps": reps,
         "target": low.target,
     }
-    print(f"{name:13s} {weights}: file {dense_bytes:,} -> {dcc_bytes:,} B ({out['file_ratio']:.1f}x); artifact "
+    print(f"{name:13s} {origin}, weights={weights}: file {dense_bytes:,} -> {dcc_bytes:,} B "
+          f"({out['file_ratio']:.1f}x); artifact "
           f"constants {low.weight_nbytes:,} B = {out['artifact_over_dcc']:.2f}x the .dcc; kernels {kinds}; "
           f"err {err:.1e}\n  torch eager dense {out['torch_eager_dense_ms_median']:.1f} ms, TVM compressed "
           f"{out['tvm_compressed_ms_median']:.1f} ms: {out['speedup_median_of_ratios']:.2f}x "
@@ -110,10 +112,13 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--weights", default="fast,small", help="TVM kernel choice per layer: fast (the measured "
+                    "faster kernel) and/or small (compressed layouts unless larger than dense)")
     ap.add_argument("--json", default=str(pathlib.Path(__file__).parent / "results" / "whole_model.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = [run(m.strip(), args.rounds, args.reps) for m in args.models.split(",") if m.strip()]
+    results = [run(m.strip(), args.rounds, args.reps, wt.strip()) for m in args.models.split(",") if m.strip()
+               for wt in args.weights.split(",")]
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"batch": 1, "threads": 1, "results": results}, indent=2))

@@ -91,6 +91,30 @@ def test_sparse_conv2d_matches_torch(L, density, k, relu, seed):
     _close(_run(f, "t_sconv", [x] + csr.arrays() + [b], yshape), _ref(x, wd, b, L, relu))
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(L=conv_layers(max_hw=9), density=DENSITY, k=st.integers(1, 256), relu=st.booleans(),
+       seed=st.integers(0, 2**31 - 1), chunk=st.sampled_from([None, 16]))
+def test_packed_sparse_conv2d_matches_torch(L, density, k, relu, seed, chunk):
+    """The compact layout (code + relative column in one entry, fillers) decoded into the tap table: both CPU
+    schedules (plane = depthwise-like, chunk = the rest; chunk=16 forces several register chunks)."""
+    from dccomp.backends.tvm.packed import PackedCSR
+
+    x, b, csr, wd, yshape = _case(L, density, k, relu, seed)
+    p = PackedCSR.from_csr(csr)
+    esc = (1 << p.gap_bits) - 1
+    ent = str(p.entries.dtype)
+    args = [x, p.rowptr, p.entries, p.entries, p.codebook, b]
+    if chunk is None:
+        f = CK.sparse_conv2d_func(LLVM, **L, nnz=p.entries.shape[0], k=p.k, col_dtype=ent, code_dtype=ent,
+                                  relu=relu, name="t_pconv", packed=(p.code_bits, esc))
+    else:
+        g = conv_geom(L["n"], L["c"], L["h"], L["w"], L["oc"], L["kh"], L["kw"], L["stride"], L["padding"],
+                      L["dilation"], L["groups"], chunk)
+        sched = sparse_conv2d_plane if L["c"] == L["groups"] else sparse_conv2d_chunk
+        f = sched(g, p.entries.shape[0], p.k, ent, ent, relu, "t_pconv", packed=(p.code_bits, esc))
+    _close(_run(f, "t_pconv", args, yshape), _ref(x, wd, b, L, relu))
+
+
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(L=conv_layers(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
 def test_dense_conv2d_matches_torch(L, relu, seed):

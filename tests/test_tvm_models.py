@@ -10,6 +10,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
+import dccomp  # noqa: E402
 from dccomp.archs import TransformerClassifier, resnet18  # noqa: E402
 from dccomp.backends.tvm import TVMBackend  # noqa: E402
 from dccomp.backends.tvm.lower import device_source  # noqa: E402
@@ -99,7 +100,11 @@ def compressed():
             make, example = MODELS[name]
             torch.manual_seed(0)
             x = example()
-            ir = compress(trace(make().eval(), (x,)), sparsity=0.85, k=16)
+            if name == "mobilenet_v2":  # BatchNorm folded (ResNet keeps it: the frontend lowers it)
+                ir = dccomp.compile(make().eval(), "fold-bn", example_inputs=(x,)).ir
+            else:
+                ir = trace(make().eval(), (x,))
+            ir = compress(ir, sparsity=0.85, k=16)
             cache[name] = ir, x
         return cache[name]
 
@@ -116,6 +121,8 @@ def test_model_matches_torch_backend(name, compressed):
     lowered = {layer.name for layer in m.layers}
     assert {w.rsplit(".", 1)[0] if w.endswith(".weight") else w for w in ir.weights} == lowered
     assert all(layer.kind.startswith(("sparse_", "dense_")) for layer in m.layers), m
+    if name == "mobilenet_v2":  # ReLU6 (hardtanh 0..6) runs inside the CPU conv kernels
+        assert any(layer.fused_relu == "relu6" for layer in m.layers), m
     # the artifact holds the compressed arrays, not the dense weights
     dense_bytes = 4 * sum(ir.param(w).numel() for w in ir.weights)
     assert sum(layer.const_nbytes for layer in m.layers) < 0.6 * dense_bytes
@@ -132,6 +139,19 @@ def test_model_builds_for_gpu_targets(name, target, kind, compressed):
     for layer in m.layers:  # every dccomp kernel is a device kernel of the artifact
         assert "dcc_" + layer.name.replace(".", "_") in src
     assert all(layer.kind.startswith("sparse_") for layer in convs)
+
+
+def test_small_weights_option_keeps_every_layer_compressed(compressed):
+    """weights="small": compressed layouts (packed relative-index entries for conv on CPU) unless larger than
+    the dense weight: the artifact holds less than with the default per-layer fastest kernel."""
+    ir, x = compressed("resnet18")
+    fast = TVMBackend().lower(ir, example_inputs=(x,))
+    small = TVMBackend().lower(ir, example_inputs=(x,), weights="small")
+    assert all(layer.kind.startswith("sparse_") for layer in small.layers)
+    assert any(layer.dtypes.get("layout") == "packed" for layer in small.layers)
+    assert small.weight_nbytes <= fast.weight_nbytes
+    with torch.no_grad():
+        assert _rel(small(x), ir.gm(x)) <= 1e-4
 
 
 @pytest.mark.parametrize("name", ["resnet18", "transformer"])

@@ -50,27 +50,3 @@ def test_too_many_clusters_for_8_bit_entries():
     with pytest.raises(ValueError, match="entry_bits=16"):
         PackedCSR.from_csr(_csr(0, 2, 10, 0.5, 200), 8)
 
-
-tvm = pytest.importorskip("tvm")
-
-
-@settings(max_examples=20, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n_out=st.integers(1, 70), n_in=st.integers(1, 300),
-       density=st.one_of(st.sampled_from([0.0, 1.0, 0.02]), st.floats(0, 1)), k=st.integers(1, 200),
-       batch=st.sampled_from([1, 3, 17]), relu=st.booleans())
-def test_packed_linear_kernel_matches_numpy(seed, n_out, n_in, density, k, batch, relu):
-    from dccomp.backends.tvm.kernels import CompiledKernel
-    from dccomp.backends.tvm.packed import packed_linear_cpu
-
-    csr = _csr(seed, n_out, n_in, density, k)
-    p = PackedCSR.from_csr(csr)
-    f = packed_linear_cpu(n_out, n_in, p.entries.shape[0], p.k, p.code_bits, str(p.entries.dtype), batch,
-                          relu=relu, name="pk")
-    lib = tvm.compile(f, target=tvm.target.Target({"kind": "llvm"}))
-    rng = np.random.default_rng(seed)
-    b = rng.standard_normal(n_out).astype(np.float32)
-    x = rng.standard_normal((batch, n_in)).astype(np.float32)
-    y = CompiledKernel(lib, "pk", p.arrays() + [b], (batch, n_out))(x)
-    ref = x.astype(np.float64) @ csr.to_dense().T.astype(np.float64) + b
-    ref = np.maximum(ref, 0) if relu else ref
-    assert np.abs(y - ref).max() <= 1e-4 * max(1.0, float(np.abs(ref).max()))

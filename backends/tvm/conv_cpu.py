@@ -70,14 +70,17 @@ def fill_workspace_macro(g: ConvGeom):
 
 
 # ---------------------------------------------------------------------------------------------------------
-def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str):
+def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
+                        packed: tuple[int, int] | None = None):
     """``plane`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
 
     Parallel over (image, output channel): copy the group's input channels into a task-private padded,
     stride-decomposed buffer (cache-resident; no separate pass over the whole input), decode the row's
     non-zeros into a per-task (offset, weight) table, then sweep the padded-pitch plane in ``g.chunk``-float
     register tiles, two accumulator sets alternating over the non-zeros. Chosen for depthwise-like layers
-    (one input channel per output channel). ``nnz`` = length of ``col``/``code`` (>= 1).
+    (one input channel per output channel). ``nnz`` = length of ``col``/``code`` (>= 1). ``packed`` =
+    ``(code_bits, esc)``: ``col`` holds :class:`~.packed.PackedCSR` entries (``code`` is not read), decoded
+    while the table is built (a filler becomes a 0-weight tap).
     """
     from tvm.script import tirx as T
 
@@ -96,6 +99,9 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     ohw = oh * ow
     nfull = ohw // ch
     nout = ch if direct else nch * ch
+    use_packed = packed is not None
+    pbits, pesc = (packed[0], packed[1]) if use_packed else (0, 0)
+    pmask = (1 << pbits) - 1
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
@@ -110,6 +116,7 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
             wv = T.alloc_buffer((tab,), "float32", scope="global")
             acc = T.alloc_buffer((2, ch), "float32", scope="global")
             out = T.alloc_buffer((nout,), "float32", scope="global")
+            run = T.alloc_buffer((1,), "int32", scope="global")
             b = T.bind(bo // oc)
             o = T.bind(bo % oc)
             lo = T.bind(rowptr[o])
@@ -118,12 +125,21 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
                 fill_channel(x, xs, ic * nph * pl, b, o // ocg * icg + ic)
             for i in T.serial(wsl - body):
                 xs[body + i] = T.float32(0)
+            run[0] = -1
             for t in T.serial(nr):
-                cc = T.bind(T.Cast("int32", col[lo + t]))
+                if use_packed:
+                    e = T.bind(T.Cast("int32", col[lo + t]))
+                    fl = T.bind(T.shift_right(e, pbits) == pesc)
+                    cd = T.bind(T.bitwise_and(e, pmask))
+                    run[0] = run[0] + T.if_then_else(fl, (cd + 1) * pesc, T.shift_right(e, pbits) + 1)
+                    wv[t] = T.if_then_else(fl, T.float32(0), codebook[T.min(cd, k - 1)])
+                else:
+                    run[0] = T.Cast("int32", col[lo + t])
+                    wv[t] = codebook[T.Cast("int32", code[lo + t])]
+                cc = T.bind(run[0])
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)
                 off[t] = ((T.truncdiv(cc, kk) * nph + ry % sh * sw + rx % sw) * pl + ry // sh * wq + rx // sw)
-                wv[t] = codebook[T.Cast("int32", code[lo + t])]
             for q in T.serial(nch):
                 for v in T.vectorized(ch):
                     acc[0, v] = bias[o]
@@ -164,14 +180,15 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
 
 
 def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
-                        nacc: int = 2):
+                        nacc: int = 2, packed: tuple[int, int] | None = None):
     """``chunk`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
 
     One parallel pass decodes all non-zeros into global (offset, weight) tables; then, parallel over (image,
     ``g.chunk``-float spatial chunk), every output channel sweeps its table into ``nacc`` independent
     register accumulator sets, so the chunk's input rows stay in cache across all output channels. Output
     goes straight into ``y`` when the workspace row pitch equals ``ow`` (``padding_w == 0``, 1-wide kernels),
-    else through a padded-pitch staging buffer. ``nnz`` = length of ``col``/``code`` (>= 1).
+    else through a padded-pitch staging buffer. ``nnz`` = length of ``col``/``code`` (>= 1). ``packed``: as in
+    :func:`sparse_conv2d_plane`.
     """
     from tvm.script import tirx as T
 
@@ -188,6 +205,9 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     nfull = ohw // ch
     nstage = 1 if direct else n * oc * nch * ch
     img = c * nph * pl
+    use_packed = packed is not None
+    pbits, pesc = (packed[0], packed[1]) if use_packed else (0, 0)
+    pmask = (1 << pbits) - 1
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
@@ -202,13 +222,23 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
         stage = T.alloc_buffer((nstage,), "float32", scope="global")
         fill(x, xs)
         for o in T.parallel(oc):
+            run = T.alloc_buffer((1,), "int32", scope="global")
+            run[0] = -1
             for j in T.serial(rowptr[o], rowptr[o + 1]):
-                cc = T.bind(T.Cast("int32", col[j]))
+                if use_packed:
+                    e = T.bind(T.Cast("int32", col[j]))
+                    fl = T.bind(T.shift_right(e, pbits) == pesc)
+                    cd = T.bind(T.bitwise_and(e, pmask))
+                    run[0] = run[0] + T.if_then_else(fl, (cd + 1) * pesc, T.shift_right(e, pbits) + 1)
+                    tw[j] = T.if_then_else(fl, T.float32(0), codebook[T.min(cd, k - 1)])
+                else:
+                    run[0] = T.Cast("int32", col[j])
+                    tw[j] = codebook[T.Cast("int32", code[j])]
+                cc = T.bind(run[0])
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)
                 toff[j] = ((o // ocg * icg + T.truncdiv(cc, kk)) * nph + ry % sh * sw + rx % sw) * pl \
                     + ry // sh * wq + rx // sw
-                tw[j] = codebook[T.Cast("int32", code[j])]
         for bq in T.parallel(n * nch):
             acc = T.alloc_buffer((nacc, ch), "float32", scope="global")
             b = T.bind(bq // nch)

@@ -163,7 +163,7 @@ def _kind(target) -> str:
 def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, kh: int, kw: int,
                        stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1, nnz: int, k: int,
                        col_dtype: str = "uint16", code_dtype: str = "uint8", relu: bool = False,
-                       name: str = "dcc_sparse_conv2d"):
+                       name: str = "dcc_sparse_conv2d", packed: tuple[int, int] | None = None):
     """Direct sparse convolution on a CSR + codebook weight (see the module docstring), for ``target``.
 
     Returns the PrimFunc ``name(x, rowptr, col, code, codebook, bias, y)`` with ``x`` float32
@@ -175,6 +175,11 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
     ``target`` kind ``llvm`` (x86, aarch64) -> CPU kernel (``plane`` schedule when ``c == groups``, else
     ``chunk``; register tiles from the target's vector ISA), ``cuda`` -> CUDA kernel, ``opencl`` -> OpenCL
     kernel (Mali). The CSR rows must hold each column at most once (as :func:`conv_csr` builds them).
+
+    ``packed=(code_bits, esc)`` (CPU targets): ``col`` holds the entries of a :class:`~.packed.PackedCSR` of
+    the same weight (cluster index and relative column in one 8/16-bit entry, ``esc`` = the filler's gap
+    value) and ``code`` is not read (pass the same array); the rows are decoded into the kernel's tap table
+    once per call, so the compact layout costs no speed.
 
     Raises:
         ValueError: inconsistent shapes (groups not dividing c/oc, kernel larger than the padded input,
@@ -192,9 +197,12 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
         tiles = cpu_tiles(target)
         if _cpu_sparse_schedule(g) == "plane":
             g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.plane_chunk)
-            return sparse_conv2d_plane(g, nnz, k, col_dtype, code_dtype, relu, name)
+            return sparse_conv2d_plane(g, nnz, k, col_dtype, code_dtype, relu, name, packed)
         g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.sparse_chunk(g))
-        return sparse_conv2d_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=tiles.sparse_nacc)
+        return sparse_conv2d_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=tiles.sparse_nacc,
+                                   packed=packed)
+    if packed:
+        raise ValueError("the packed layout is decoded by the CPU kernels only; GPU kernels take plain CSR")
     return sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _gpu_threads(kind, g))
 
 

@@ -138,9 +138,12 @@ class CSRCodebook:
         return [self.rowptr, self.col, self.code, self.codebook]
 
 
-def _act(v, relu: bool):
+def _act(v, relu: bool | str):
+    """The fused activation: ``relu`` = ``False`` (none), ``True`` (ReLU) or ``"relu6"`` (min(max(v, 0), 6))."""
     from tvm.script import tirx as T
 
+    if relu == "relu6":
+        return T.min(T.max(v, T.float32(0)), T.float32(6))
     return T.max(v, T.float32(0)) if relu else v
 
 

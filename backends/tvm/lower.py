@@ -35,6 +35,7 @@ import torch
 
 from . import kernels as K
 from .module import InputSpec, LoweredModule, constant_nbytes, device_modules, device_source
+from .packed import PackedCSR, choose_layout
 from .targets import is_gpu, resolve_target
 
 __all__ = ["LayerInfo", "lower_ir", "compile_ir", "export_ir", "LoweredModule", "device_modules",
@@ -58,7 +59,7 @@ class LayerInfo:
     shape: tuple
     density: float
     const_nbytes: int
-    fused_relu: bool = False
+    fused_relu: bool | str = False  # True (ReLU) or "relu6" when the activation runs inside the kernel
     dtypes: dict = field(default_factory=dict)
     calls: int = 1  # ops reading the weight (an LSTM's recurrent weight: one per time step); stored once
 
@@ -163,7 +164,8 @@ class _Converters:
 
     def convert_map(self) -> dict[str, Callable]:
         return {"linear.default": self.linear, "conv2d.default": self.conv2d, "conv1d.default": self.conv1d,
-                "embedding.default": self.embedding, "relu.default": self.relu, "select.int": self.select}
+                "embedding.default": self.embedding, "relu.default": self.relu, "hardtanh.default": self.hardtanh,
+                "select.int": self.select}
 
     # -- helpers ---------------------------------------------------------------------------------------
     def _unique(self, base: str) -> str:
@@ -212,6 +214,16 @@ class _Converters:
             self.layers.append(info)
         self.lowered.add(pname)
 
+    def _choose_dense(self, sparse_nbytes: int, dense_nbytes: int, faster_dense: Callable[[], bool]) -> bool:
+        """Dense kernel or not: ``kernel=`` forces it; ``weights="fast"`` (default) takes the measured faster
+        kernel; ``weights="small"`` keeps the compressed layout unless it is larger than the dense weight."""
+        force = self.options.get("kernel")
+        if force is not None:
+            return force == "dense"
+        if self.options.get("weights", "fast") == "small":
+            return sparse_nbytes >= dense_nbytes
+        return faster_dense()
+
     def _bias(self, imp, node, n_out: int):
         """(relax expr, nbytes) of the bias argument (a zero constant when there is none)."""
         from tvm import relax
@@ -220,12 +232,18 @@ class _Converters:
             return relax.const(np.zeros(n_out, np.float32)), 0
         return imp.env[node], 4 * n_out
 
-    def _fusable_relu(self, node):
+    def _fusable_relu(self, node, relu6: bool = False):
+        """``(activation node, act)`` when ``node``'s only user is a ReLU (``act=True``) or, if ``relu6``, a
+        ReLU6 = ``hardtanh(x, 0, 6)`` (``act="relu6"``) that the kernel can apply; else ``(None, False)``."""
         users = list(node.users)
-        if (len(users) == 1 and users[0].op == "call_function" and users[0].target.__name__ == "relu.default"
-                and not self.options.get("no_fuse", False)):
-            return users[0]
-        return None
+        if len(users) != 1 or users[0].op != "call_function" or self.options.get("no_fuse", False):
+            return None, False
+        u = users[0]
+        if u.target.__name__ == "relu.default":
+            return u, True
+        if relu6 and u.target.__name__ == "hardtanh.default" and tuple(float(a) for a in u.args[1:3]) == (0.0, 6.0):
+            return u, "relu6"
+        return None, False
 
     @staticmethod
     def _shape(v) -> tuple[int, ...]:
@@ -258,6 +276,11 @@ class _Converters:
             return imp.env[node.args[0]]
         return self.orig["relu.default"](node)
 
+    def hardtanh(self, node, imp):
+        if node in self.fused:
+            return imp.env[node.args[0]]
+        return self.orig["hardtanh.default"](node)
+
     # -- linear ------------------------------------------------------------------------------------------
     def linear(self, node, imp):
         from tvm import relax
@@ -276,15 +299,15 @@ class _Converters:
         bnode = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         bias, bias_bytes = self._bias(imp, bnode, n_out)
         density = int(np.count_nonzero(weight)) / max(1, weight.size)
-        force = self.options.get("kernel")
-        sparse = force == "sparse" or (force is None and (self.gpu or not K.use_dense(density, weight.size)))
-        if not sparse and self.gpu:  # no scheduled dense GPU kernel of ours: the frontend's (scheduled later)
+        csr = self._csr(weight, w, (n_out, n_in))
+        sparse = self.gpu or not self._choose_dense(csr.nbytes, weight.nbytes,
+                                                    lambda: K.use_dense(density, weight.size))
+        if self.options.get("kernel") == "dense" and self.gpu:  # no dense GPU kernel of ours: the frontend's
             return self._frontend(node, pname, "linear", weight)
-        r = self._fusable_relu(node)
+        r, _ = self._fusable_relu(node)
         name = self._unique(layer)
         out_ty = relax.TensorType((batch, n_out), "float32")
         if sparse:
-            csr = self._csr(weight, w, (n_out, n_in))
             f = K.sparse_linear_func(self.target, n_out, n_in, csr.col.shape[0], csr.k, batch,
                                      col_dtype=str(csr.col.dtype), code_dtype=str(csr.code.dtype),
                                      relu=r is not None, name=name)
@@ -348,33 +371,44 @@ class _Converters:
         oh, ow = CK.conv2d_out_shape(h, wd, kh, kw, stride, padding, dilation)
         bias, bias_bytes = self._bias(imp, bnode, oc)
         density = int(np.count_nonzero(weight)) / max(1, weight.size)
-        force = self.options.get("kernel")
-        dense = force == "dense" or (force is None and CK.use_dense_conv(density, oc, icg, kh, kw, oh, ow,
-                                                                        target=self.target))
-        r = self._fusable_relu(node)
+        indices = None if w is None or w.indices is None else _np(w.indices).reshape(weight.shape)
+        codebook = None if w is None or w.codebook is None else _np(w.codebook)
+        if indices is not None and codebook is not None:
+            csr = CK.conv_csr(indices, codebook, weight != 0, groups)
+        else:
+            csr = K.CSRCodebook.from_dense(weight.reshape(oc, -1))
+        # the CPU kernels decode a row once per call: the packed layout is free there (GPU kernels read CSR)
+        layout = csr if self.gpu else choose_layout(csr)
+        dense = self._choose_dense(layout.nbytes, weight.nbytes, lambda: CK.use_dense_conv(
+            density, oc, icg, kh, kw, oh, ow, target=self.target))
+        r, act = self._fusable_relu(node, relu6=not self.gpu)  # the CPU conv kernels also apply ReLU6
         name = self._unique(layer)
         geo = dict(n=n, c=c, h=h, w=wd, oc=oc, kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation,
-                   groups=groups, relu=r is not None, name=name)
+                   groups=groups, relu=act, name=name)
         if dense and self.gpu:
             dense = False  # the sparse kernels are the GPU kernels; a dense weight is a CSR of density 1
         if dense:
             f = CK.dense_conv2d_func(self.target, **geo)
             args = [x] + self.consts(pname, "dense", lambda: [np.ascontiguousarray(weight)]) + [bias]
             info = LayerInfo(layer, "dense_conv2d", tuple(weight.shape), density, weight.nbytes + bias_bytes,
-                             r is not None)
+                             act)
+        elif isinstance(layout, PackedCSR):
+            esc = (1 << layout.gap_bits) - 1
+            ent = str(layout.entries.dtype)
+            f = CK.sparse_conv2d_func(self.target, nnz=layout.entries.shape[0], k=layout.k, col_dtype=ent,
+                                      code_dtype=ent, packed=(layout.code_bits, esc), **geo)
+            rowptr, entries, cb = self.consts(pname, "packed", layout.arrays)
+            args = [x, rowptr, entries, entries, cb, bias]  # the kernel reads the entries once (as col)
+            info = LayerInfo(layer, "sparse_conv2d", tuple(weight.shape), density, layout.nbytes + bias_bytes,
+                             act, {"layout": "packed", "entry": ent, "code_bits": layout.code_bits,
+                                             "k": layout.k, "groups": groups})
         else:
-            indices = None if w is None or w.indices is None else _np(w.indices).reshape(weight.shape)
-            codebook = None if w is None or w.codebook is None else _np(w.codebook)
-            if indices is not None and codebook is not None:
-                csr = CK.conv_csr(indices, codebook, weight != 0, groups)
-            else:
-                csr = K.CSRCodebook.from_dense(weight.reshape(oc, -1))
             f = CK.sparse_conv2d_func(self.target, nnz=csr.col.shape[0], k=csr.k, col_dtype=str(csr.col.dtype),
                                       code_dtype=str(csr.code.dtype), **geo)
             args = [x] + self.consts(pname, "csr", csr.arrays) + [bias]
             info = LayerInfo(layer, "sparse_conv2d", tuple(weight.shape), density, csr.nbytes + bias_bytes,
-                             r is not None, {"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k,
-                                             "groups": groups})
+                             act, {"layout": "csr", "col": str(csr.col.dtype), "code": str(csr.code.dtype),
+                                             "k": csr.k, "groups": groups})
         gv = imp.block_builder.add_func(f, name)
         y = imp.block_builder.emit(relax.call_tir(gv, args, relax.TensorType((n, oc, oh, ow), "float32")))
         if r is not None:
@@ -454,8 +488,10 @@ def _check_supported(ep, convert_map: dict) -> None:
 def lower_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None, **options):
     """``(tvm.IRModule, [LayerInfo])`` for ``ir`` with static input ``specs`` ``[(shape, dtype)]``.
 
-    Options: ``kernel="sparse"|"dense"`` forces the kernel of every linear/conv layer; ``no_fuse=True`` keeps
-    ReLUs separate; ``convert_map={op: fn(node, importer)}`` adds or overrides frontend converters.
+    Options: ``kernel="sparse"|"dense"`` forces the kernel of every linear/conv layer; ``weights="fast"``
+    (default: per layer the measured faster kernel) or ``"small"`` (compressed layouts unless one is larger than
+    the dense weight: the smallest artifact); ``no_fuse=True`` keeps ReLUs separate; ``convert_map={op:
+    fn(node, importer)}`` adds or overrides frontend converters.
 
     Raises:
         NotImplementedError: an op TVM's frontend cannot lower (names the op and the layer), or a model
