@@ -1,4 +1,4 @@
-"""TVM backend kernels (CSR + codebook sparse linear, dense fallback, im2col) and targets."""
+"""TVM backend kernels (CSR + codebook sparse linear, dense fallback) and targets."""
 import pytest
 import shutil
 import subprocess
@@ -66,21 +66,6 @@ def test_larger_layer_and_memory():
     # compressed arrays: 2 B col + 1 B code per non-zero, + rowptr + codebook, vs 4 B per dense weight
     assert csr.nbytes == 4 * 301 + 3 * csr.nnz + 4 * 32
     assert kern.weight_nbytes == csr.nbytes + b.nbytes
-
-
-def test_im2col_conv_matches_torch():
-    torch = pytest.importorskip("torch")
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
-    w = rng.standard_normal((4, 3, 3, 2)).astype(np.float32)
-    f, (oh, ow) = K.im2col_cpu(2, 3, 9, 8, 3, 2, stride=(2, 1), padding=(1, 1), dilation=(1, 2), name="t_im2col")
-    lib = tvm.compile(f, target=tvm.target.Target({"kind": "llvm"}))
-    cols = tvm.runtime.tensor(np.zeros((2 * oh * ow, 18), np.float32))
-    lib["t_im2col"](tvm.runtime.tensor(x), cols)
-    y = (cols.numpy() @ w.reshape(4, -1).T).reshape(2, oh, ow, 4).transpose(0, 3, 1, 2)
-    ref = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=(2, 1), padding=1,
-                                     dilation=(1, 2)).numpy()
-    _close(y, ref)
 
 
 def test_targets():

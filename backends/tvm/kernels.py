@@ -1,5 +1,5 @@
 """TVMScript kernels on Deep-Compression weights: CSR + codebook sparse linear layers, plus scheduled dense
-fallbacks (dense linear, im2col for convolutions).
+fallback (dense linear). Convolution kernels are in :mod:`.conv_kernels`.
 
 A compressed ``Linear`` weight ``W`` (``n_out x n_in``) is stored the way Deep Compression keeps it in memory
 (paper §2-3): the surviving weights in CSR order with a *cluster index* per weight instead of a float::
@@ -30,7 +30,7 @@ import numpy as np
 
 __all__ = [
     "CSRCodebook", "sparse_linear_cpu", "sparse_linear_cuda", "sparse_linear_opencl", "sparse_linear_func",
-    "dense_linear_cpu", "im2col_cpu", "build_sparse_linear", "build_dense_linear", "CompiledKernel",
+    "dense_linear_cpu", "build_sparse_linear", "build_dense_linear", "CompiledKernel",
     "DENSE_DENSITY_THRESHOLD", "DENSE_DENSITY_THRESHOLD_LARGE", "use_dense", "device_kernel_info",
 ]
 
@@ -392,42 +392,6 @@ def dense_linear_cpu(n_out: int, n_in: int, batch: int = 1, *, relu: bool = Fals
                                 y[tb * bt + bb, i] = tl[bb] + bias[i]
 
     return kernel
-
-
-def im2col_cpu(n: int, c: int, h: int, w: int, kh: int, kw: int, *, stride=(1, 1), padding=(0, 0),
-               dilation=(1, 1), name: str = "dcc_im2col"):
-    """PrimFunc ``name(x[n, c, h, w], cols[n * oh * ow, c * kh * kw])`` (zero padding), parallel over rows.
-
-    Row ``p = (img, oy, ox)`` of ``cols`` holds the receptive field of one output position in the order of
-    a flattened ``(c, kh, kw)`` conv weight, so ``conv(x) = cols @ W.reshape(oc, -1).T``.
-    """
-    from tvm.script import tirx as T
-
-    sh, sw = stride
-    ph, pw = padding
-    dh, dw = dilation
-    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    kk = c * kh * kw
-
-    # One opaque structured block around the imperative loops: Relax's RewriteDataflowReshape inspects
-    # single-input call_tir callees with HasReshapePattern, which requires an SBlockRealize body.
-    @T.prim_func(s_tir=True)
-    def kernel(x: T.Buffer((n, c, h, w), "float32"), cols: T.Buffer((n * oh * ow, kk), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True})
-        with T.sblock("im2col"):
-            for p in T.parallel(n * oh * ow):
-                for ci in T.serial(c):
-                    for ky in T.serial(kh):
-                        for kx in T.serial(kw):
-                            iy = T.bind((p // ow) % oh * sh - ph + ky * dh)
-                            ix = T.bind(p % ow * sw - pw + kx * dw)
-                            cols[p, (ci * kh + ky) * kw + kx] = T.if_then_else(
-                                iy >= 0 and iy < h and ix >= 0 and ix < w,
-                                x[p // (oh * ow), ci, T.max(T.min(iy, h - 1), 0), T.max(T.min(ix, w - 1), 0)],
-                                T.float32(0))
-
-    return kernel, (oh, ow)
 
 
 # ---------------------------------------------------------------------------------------------------------
