@@ -23,8 +23,8 @@ from ..distill import agreement_kl
 from .mobilenet_v2 import MobileNetV2
 from .photos import load_photos, photo_views
 
-__all__ = ["mobilenet_v2", "efficientnet_lite0", "load", "weights_path", "trace_options", "MODELS", "MobileNetV2", "photo_views",
-           "load_photos", "agreement_kl"]
+__all__ = ["mobilenet_v2", "efficientnet_lite0", "load", "weights_path", "trace_options", "MODELS", "MobileNetV2",
+           "photo_views", "load_photos", "agreement_kl"]
 
 #: model name -> (weights package (pip name), import name, file path inside the package).
 _WEIGHTS: dict[str, tuple[str, str, str]] = {
