@@ -228,3 +228,33 @@ def test_cli_build_writes_aarch64_artifact(tmp_path):
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     info = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
     assert info["layers"] and all(layer["kernel"] == "sparse_linear" for layer in info["layers"])
+
+
+def test_bad_inputs_and_options_are_clear_errors():
+    """Found by a new user: ids outside an embedding were clamped silently, option typos ignored, and bad
+    inputs reported as a torch.export failure."""
+    from dccomp.archs import TransformerClassifier
+
+    model = TransformerClassifier(100, 16, 2, 1, 32, 8, 3).eval()
+    ids = torch.randint(0, 100, (2, 8))
+    ir = compress(trace(model, (ids,)), sparsity=0.8, k=8)
+    m = TVMBackend().lower(ir, example_inputs=(ids,))
+    for bad in (100, -1, 10**7):
+        x = ids.clone()
+        x[0, 0] = bad
+        with pytest.raises(IndexError, match=f"id {bad}, outside the 100 rows of embedding 'tok'"):
+            m(x)
+    with pytest.raises(TypeError, match="compiled for int64"):
+        m(ids.float())
+    with pytest.raises(TypeError, match="keyword"):
+        m(ids=ids)
+    with pytest.raises(TypeError, match="takes 1 input"):
+        m(ids, ids)
+    with pytest.raises(ValueError, match="2-d inputs"):
+        m(ids[0])
+    with pytest.raises(TypeError, match=r"unknown TVM backend option\(s\) \['weigths'\]"):
+        TVMBackend().lower(ir, example_inputs=(ids,), weigths="small")
+    with pytest.raises(ValueError, match="weights='tiny'"):
+        TVMBackend().lower(ir, example_inputs=(ids,), weights="tiny")
+    with pytest.raises(ValueError, match="kernel='bogus'"):
+        TVMBackend().lower(ir, example_inputs=(ids,), kernel="bogus")

@@ -22,6 +22,24 @@ __all__ = ["TVMBackend", "TARGETS", "resolve_target"]
 _INSTALL_HINT = "the TVM backend needs Apache TVM: pip install 'dccomp[tvm]' (apache-tvm==0.27.0.post1)"
 
 
+#: options of lower()/export() besides target and example_inputs, with their allowed values (None: any)
+OPTIONS = {"kernel": ("sparse", "dense", None), "weights": ("fast", "small"), "no_fuse": (True, False),
+           "arch": None, "detect_cpu": (True, False), "convert_map": None}
+
+
+def _check_options(options: dict) -> None:
+    """Raise ``TypeError`` for an unknown option and ``ValueError`` for a value it cannot take."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown TVM backend option(s) {unknown}; known: {', '.join(sorted(OPTIONS))}")
+    for key, value in options.items():
+        allowed = OPTIONS[key]
+        if allowed is not None and value not in allowed:
+            raise ValueError(f"TVM backend option {key}={value!r}; expected one of {list(allowed)}")
+    if options.get("convert_map") is not None and not isinstance(options["convert_map"], dict):
+        raise TypeError("convert_map must be a dict {aten op name: fn(node, importer) -> relax expr}")
+
+
 def _require_tvm():
     try:
         import tvm  # noqa: F401
@@ -51,6 +69,7 @@ class TVMBackend:
         The returned module runs the Relax VM on the CPU for host targets; for cross targets (aarch64, GPUs)
         calling it raises ``RuntimeError`` saying it can only be exported.
         """
+        _check_options(options)
         _require_tvm()
         from .lower import LoweredModule, input_specs
 
@@ -63,6 +82,7 @@ class TVMBackend:
                **options) -> list[pathlib.Path]:
         """Write ``<name>.so`` (the compiled Relax executable; aarch64 via ``aarch64-linux-gnu-gcc``) and
         ``<name>.json`` (inputs, outputs, target, per-layer kernels and weight bytes). Returns both paths."""
+        _check_options(options)
         _require_tvm()
         from .lower import compile_ir, constant_nbytes, input_specs
         from .targets import cross_compiler
@@ -70,7 +90,7 @@ class TVMBackend:
         arch = options.pop("arch", None)
         tgt = resolve_target(target, arch=arch, detect_cpu=bool(options.pop("detect_cpu", False)))
         specs = input_specs(ir, example_inputs)
-        ex, mod, layers = compile_ir(ir, specs, tgt, example_inputs, **options)
+        ex, mod, layers, _ = compile_ir(ir, specs, tgt, example_inputs, **options)
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         base = name or (getattr(ir, "name", None) or "model")

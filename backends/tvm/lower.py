@@ -151,6 +151,10 @@ class _Converters:
         self.fused: set = set()  # relu nodes folded into the preceding kernel
         self._names: set[str] = set()
         self.orig: dict[str, Callable] = {}
+        user = [sp.arg.name for sp in ep.graph_signature.input_specs if sp.kind.name == "USER_INPUT"]
+        self.input_index = {name: i for i, name in enumerate(user)}
+        #: (user input index, table rows, layer): ids checked before each call (TVM cannot raise in a kernel)
+        self.id_checks: list[tuple[int, int, str]] = []
         self._consts: dict[tuple, list] = {}  # (param, form) -> relax constants, shared by a tied weight's uses
 
     def consts(self, pname: str, form: str, arrays: Callable[[], list[np.ndarray]]) -> list:
@@ -423,6 +427,11 @@ class _Converters:
         from .embedding_kernels import embedding_csr_func
 
         pname = self._param(node.args[0])
+        ids_node = node.args[1]
+        if getattr(ids_node, "op", None) == "placeholder" and ids_node.name in self.input_index:
+            rows = int(self._shape(imp.env[node.args[0]])[0])
+            layer = (pname or node.name).rsplit(".weight", 1)[0]
+            self.id_checks.append((self.input_index[ids_node.name], rows, layer))
         w = self.weight_of.get(pname) if pname else None
         if w is None or (w.mask is None and w.codebook is None):  # dense table: the frontend's take
             return self.orig["embedding.default"](node)
@@ -463,20 +472,21 @@ class _Converters:
                                       weight.nbytes))
 
 
-def _layer_of(node) -> str:
+def _layer_of(node, model: str) -> str:
     stack = node.meta.get("nn_module_stack") or {}
     if stack:
         path, cls = list(stack.values())[-1]
         cls_name = getattr(cls, "__name__", str(cls)).rsplit(".", 1)[-1]
-        return f"layer {path!r} ({cls_name})" if path else f"the model's forward ({cls_name})"
-    return f"fx node {node.name!r}"
+        if path:
+            return f"layer {path!r} ({cls_name})"
+    return f"{model}.forward (fx node {node.name!r})"
 
 
-def _check_supported(ep, convert_map: dict) -> None:
+def _check_supported(ep, convert_map: dict, model: str) -> None:
     missing: dict[str, list[str]] = {}
     for node in ep.graph.nodes:
         if node.op == "call_function" and node.target.__name__ not in convert_map:
-            missing.setdefault(node.target.__name__, []).append(_layer_of(node))
+            missing.setdefault(node.target.__name__, []).append(_layer_of(node, model))
     if missing:
         what = "; ".join(f"aten.{op} at {', '.join(sorted(set(layers)))}" for op, layers in missing.items())
         raise NotImplementedError(
@@ -486,7 +496,8 @@ def _check_supported(ep, convert_map: dict) -> None:
 
 
 def lower_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None, **options):
-    """``(tvm.IRModule, [LayerInfo])`` for ``ir`` with static input ``specs`` ``[(shape, dtype)]``.
+    """``(tvm.IRModule, [LayerInfo], id_checks)`` for ``ir`` with static input ``specs`` ``[(shape, dtype)]``;
+    ``id_checks`` = ``[(input index, table rows, layer)]`` for inputs that are embedding ids.
 
     Options: ``kernel="sparse"|"dense"`` forces the kernel of every linear/conv layer; ``weights="fast"``
     (default: per layer the measured faster kernel) or ``"small"`` (compressed layouts unless one is larger than
@@ -505,20 +516,20 @@ def lower_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None,
     importer = ExportedProgramImporter()
     conv.orig = {k: importer.convert_map[k] for k in conv.convert_map() if k in importer.convert_map}
     custom = {**conv.convert_map(), **dict(options.get("convert_map") or {})}
-    _check_supported(ep, {**importer.convert_map, **custom})
+    _check_supported(ep, {**importer.convert_map, **custom}, ir.name)
     with contextlib.redirect_stdout(None):
         mod = importer.from_exported_program(ep, False, True, False, custom)
     conv.record_frontend_weights()
-    return mod, conv.layers
+    return mod, conv.layers, conv.id_checks
 
 
 def compile_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None, **options):
-    """``(executable, IRModule, [LayerInfo])``: ``tvm.compile`` of :func:`lower_ir`."""
+    """``(executable, IRModule, [LayerInfo], id_checks)``: ``tvm.compile`` of :func:`lower_ir`."""
     import tvm
 
     tgt = resolve_target(target)
-    mod, layers = lower_ir(ir, specs, tgt, example_inputs, **options)
+    mod, layers, id_checks = lower_ir(ir, specs, tgt, example_inputs, **options)
     # tvm.compile's default pipeline legalizes the frontend's ops; on GPU targets it schedules them with
     # dlight (thread bindings); dccomp's GPU kernels carry tirx.is_scheduled and are left alone.
     ex = tvm.compile(mod, target=tvm.target.Target(tgt))
-    return ex, mod, layers
+    return ex, mod, layers, id_checks

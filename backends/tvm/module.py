@@ -35,8 +35,8 @@ class LoweredModule:
         self.input_specs = [(tuple(s), str(d)) for s, d in input_specs]
         self.runnable = _runnable(target)
         self._vms: dict[tuple, Any] = {}
-        self.executable, self.irmodule, self.layers = compile_ir(ir, self.input_specs, target, example_inputs,
-                                                                 **options)
+        self.executable, self.irmodule, self.layers, self.id_checks = compile_ir(
+            ir, self.input_specs, target, example_inputs, **options)
         if self.runnable:
             self._vms[tuple(self.input_specs)] = self._make_vm(self.executable)
 
@@ -59,19 +59,42 @@ class LoweredModule:
         """Bytes of all constants (weights, biases, normalisation parameters) in the compiled module."""
         return constant_nbytes(self.irmodule)
 
-    def __call__(self, *xs: torch.Tensor):
+    def _check_inputs(self, xs: tuple, kwargs: dict) -> None:
+        """Raise ``TypeError``/``ValueError``/``IndexError`` for inputs the compiled model cannot take."""
+        if kwargs:
+            raise TypeError(f"the TVM module takes its inputs by position (in the order of forward()'s "
+                            f"parameters), got keyword arguments {sorted(kwargs)}")
+        if len(xs) != len(self.input_specs):
+            raise TypeError(f"the model takes {len(self.input_specs)} input tensor(s) "
+                            f"({', '.join(f'{list(s)} {d}' for s, d in self.input_specs)}), got {len(xs)}")
+        for i, (x, (shape, dtype)) in enumerate(zip(xs, self.input_specs)):
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"input {i} must be a torch.Tensor, got {type(x).__name__}")
+            if _dtype_name(x.dtype) != dtype:
+                raise TypeError(f"input {i} is {_dtype_name(x.dtype)}, the model was compiled for {dtype} "
+                                f"(shape {list(shape)}): convert it, e.g. x.to(torch.{dtype})")
+            if x.dim() != len(shape):
+                raise ValueError(f"input {i} has shape {list(x.shape)}, the model was compiled for "
+                                 f"{len(shape)}-d inputs like {list(shape)}")
+        for i, rows, layer in self.id_checks:
+            ids = xs[i]
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows):
+                bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+                raise IndexError(f"input {i} holds id {bad}, outside the {rows} rows of embedding {layer!r} "
+                                 f"(valid ids: 0..{rows - 1})")
+
+    def __call__(self, *xs: torch.Tensor, **kwargs):
         if not self.runnable:
             raise RuntimeError(
                 f"the TVM module was compiled for target {self.target!r}, which cannot run on this machine; "
                 "it can only be exported (TVMBackend().export(ir, out_dir, target=...))")
-        if not all(isinstance(x, torch.Tensor) for x in xs):
-            raise TypeError(f"the TVM module takes tensors, got {[type(x).__name__ for x in xs]}")
+        self._check_inputs(xs, kwargs)
         specs = tuple((tuple(int(s) for s in x.shape), _dtype_name(x.dtype)) for x in xs)
         fn = self._vms.get(specs)
-        if fn is None:
+        if fn is None:  # other shapes (e.g. batch size): compile once more, cached
             from .lower import compile_ir
 
-            ex, _, _ = compile_ir(self._ir, list(specs), self.target, example_inputs=xs, **self.options)
+            ex, _, _, _ = compile_ir(self._ir, list(specs), self.target, example_inputs=xs, **self.options)
             fn = self._vms[specs] = self._make_vm(ex)
         import tvm
 
