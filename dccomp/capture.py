@@ -132,10 +132,25 @@ def _export_error(e: BaseException) -> str:
     return " ".join(keep[:4])[:600] or type(e).__name__
 
 
+def _export_batch_dynamic(export, args: tuple):
+    """Export with the leading (batch) dimension of every input dynamic (``Dim.AUTO``), so the captured model
+    runs at any batch size like the user's module; ``None`` if the model does not allow it (then the caller
+    exports with static shapes). A batch of 1 is doubled for the capture only: torch.export specializes
+    size-1 dimensions."""
+    if not args or not all(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args):
+        return None
+    wide = tuple(torch.cat([a, a]) if a.shape[0] == 1 else a for a in args)
+    try:
+        return export(wide, tuple({0: torch.export.Dim.AUTO} for _ in args))
+    except Exception:  # noqa: BLE001 - a model with a fixed batch size: static capture instead
+        return None
+
+
 def export_capture(model: nn.Module, args: tuple, kwargs: dict[str, Any], dynamic_shapes: Any = None
                    ) -> fx.GraphModule:
     """Capture ``model`` (put in eval mode) with ``torch.export.export(..., strict=False)`` and return
-    ``ExportedProgram.module()``, whose parameters keep their qualified names.
+    ``ExportedProgram.module()``, whose parameters keep their qualified names. Without ``dynamic_shapes`` (and
+    with positional inputs only) the batch dimension is captured dynamic when the model allows it.
 
     Raises:
         TracingError: no example inputs, export failed (its message, shortened), or the captured module's
@@ -146,11 +161,17 @@ def export_capture(model: nn.Module, args: tuple, kwargs: dict[str, Any], dynami
         raise TracingError(f"capturing {name} with torch.export needs example inputs: pass example_inputs=(tensor, "
                            "...) and/or example_kwargs={name: tensor} (for the CLI: --input-shape or --data)")
     model.eval()
-    try:
+
+    def export(a, dyn):
         with warnings.catch_warnings():  # RNN modules re-assign _flat_weights during export (harmless)
             warnings.filterwarnings("ignore", message=r"The tensor attributes .*were assigned during export")
-            ep = torch.export.export(model, tuple(args), kwargs=dict(kwargs) or None, strict=False,
-                                     dynamic_shapes=dynamic_shapes)
+            return torch.export.export(model, tuple(a), kwargs=dict(kwargs) or None, strict=False,
+                                       dynamic_shapes=dyn)
+
+    try:
+        ep = _export_batch_dynamic(export, args) if dynamic_shapes is None and not kwargs else None
+        if ep is None:
+            ep = export(args, dynamic_shapes)
     except Exception as e:  # export raises many types; all mean "this model/input cannot be exported"
         raise TracingError(f"torch.export failed to capture {name}: {_export_error(e)} (at {_user_frame(e)}). "
                            "Check example_inputs/example_kwargs and dynamic_shapes "

@@ -132,7 +132,8 @@ class Trainer:
             out = objective(module(x), x, y)
         elif y is None:
             raise ValueError("the training data has no labels (batches hold inputs only); train on (inputs, "
-                             "targets), or distil from the uncompressed model with retrain{distill=1}")
+                             "targets), or distil from the uncompressed model with retrain{distill=1} (prune's "
+                             "own retraining needs labels: use prune{epochs=0} followed by retrain{distill=1})")
         else:
             out = self.loss(module(x), y)
         out.backward()

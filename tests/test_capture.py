@@ -354,3 +354,22 @@ def test_export_capture_leaves_user_model_untouched():
         warnings.simplefilter("ignore")
         dccomp.compile(model, PIPE, example_inputs=(torch.randn(2, 5),), capture="export")
     assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_export_capture_runs_at_other_batch_sizes():
+    """A model captured with torch.export from a batch of 1 runs at batch 4 (found by a new user: the export
+    guard 'x.size()[0] == 1' failed)."""
+    class L(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rnn = nn.LSTM(20, 16, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    model = _seed_model(L).eval()
+    c = dccomp.compile(model, "prune{sparsity=0.5}", example_inputs=torch.randn(1, 5, 20), capture="export")
+    x4 = torch.randn(4, 5, 20)
+    ref = c.ir.gm(x4)
+    assert ref.shape == (4, 3) and torch.equal(c(x4), ref)
