@@ -119,6 +119,8 @@ def plan_file(ir: IR) -> FilePlan:
         tensors.append(entry)
         owners[name] = [name]
     meta = {"format": FORMAT_NAME, "model": ir.name, "tensors": tensors}
+    if getattr(ir, "folded", None):
+        meta["folded"] = dict(ir.folded)
     return FilePlan(meta, sections, owners)
 
 
@@ -336,12 +338,37 @@ class DccFile:
         return f"DccFile(model={self.meta.get('model')!r}, tensors={len(self.names)}, bytes={self.file_size})"
 
 
+def _fold_like_the_file(model: nn.Module, f: "DccFile") -> None:
+    """Apply the file's ``fold-bn`` record to ``model``: each folded BatchNorm becomes ``nn.Identity`` and its
+    Conv/Linear gets a bias (filled from the file), so the architecture matches the file's tensors."""
+    folded = f.meta.get("folded") or {}
+    if not isinstance(folded, dict):
+        raise FormatError("manifest entry 'folded' must map BatchNorm names to layer names")
+    for bn_name, layer_name in folded.items():
+        try:
+            layer = model.get_submodule(layer_name)
+            model.get_submodule(bn_name)
+        except AttributeError as e:
+            raise ValueError(f"the file was compressed with fold-bn ({bn_name!r} folded into {layer_name!r}), but "
+                             f"{type(model).__name__} has no such module; pass an instance of the architecture "
+                             f"the file was made from ({f.meta.get('model')})") from e
+        if getattr(layer, "bias", None) is None:
+            shape = f.info(f"{layer_name}.bias")["array"].get("shape") if f"{layer_name}.bias" in f.names else None
+            if not shape:
+                raise FormatError(f"the file folds {bn_name!r} into {layer_name!r} but holds no {layer_name}.bias")
+            layer.bias = nn.Parameter(torch.zeros(shape, dtype=layer.weight.dtype))
+        parent, _, child = bn_name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+
+
 def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> DccFile | nn.Module:
     """Read a ``.dcc`` file.
 
     Args:
         path: file path (or the file's bytes).
         model: optional instance of the architecture; its parameters and buffers are replaced by the file's.
+            If the file was compressed with ``fold-bn``, the folded BatchNorm modules of ``model`` are replaced
+            by ``nn.Identity`` and their layers get the folded bias (the model then computes what was saved).
 
     Returns:
         ``model`` with the weights restored (in eval mode), or a :class:`DccFile` when no model is given.
@@ -357,6 +384,7 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
     f = DccFile(read_container(path))
     if model is None:
         return f
+    _fold_like_the_file(model, f)
     own = model.state_dict()
     declared: dict[str, Any] = {}  # names and shapes from the manifest, compared before decoding anything
     for name in f.names:

@@ -153,6 +153,7 @@ class IR:
         input_shapes: shapes of the example inputs used for tracing (may be empty).
         capture: how the graph was captured: ``"fx"`` (torch.fx symbolic tracing) or ``"export"``
             (``torch.export``, an aten-level graph); shown in the text header when not ``"fx"``.
+        folded: ``{BatchNorm module: the Conv/Linear module it was folded into}`` (the ``fold-bn`` pass).
         unused: ``{state_dict key: (tensor, "parameter" | "buffer")}`` for entries of the original model's
             ``state_dict`` that the traced graph never reads (``torch.fx`` drops them from ``gm``); saved raw so
             a ``.dcc`` file always holds the whole state dict.
@@ -169,6 +170,7 @@ class IR:
         self.input_shapes = input_shapes or []
         self.capture = "fx"
         self.unused: dict[str, tuple[torch.Tensor, str]] = {}
+        self.folded: dict[str, str] = {}
 
     # -- access ------------------------------------------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:

@@ -189,5 +189,8 @@ class FoldBN(Pass):
                 w.bits, w.coded = old.bits, old.coded
         new.skipped = {k: v for k, v in ir.skipped.items() if k in dict(gm.named_parameters())}
         new.input_shapes = ir.input_shapes
+        new.capture, new.unused = ir.capture, ir.unused
+        # recorded in the file: dccomp.load(path, model=M()) folds the same BatchNorms of M before loading
+        new.folded = {**ir.folded, **{bn_name: layer_name for layer_name, bn_name in folded}}
         ctx.record(folded=folded, kept=kept)
         return PassResult(new, True)

@@ -141,3 +141,30 @@ def test_real_mobilenet_v2_folds_to_1e5():
     with torch.no_grad():
         assert _close(compiled(x), model(x)) < RTOL
     assert compiled.ir.dense_nbytes() < sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_a_folded_file_loads_back_into_the_original_class(tmp_path):
+    """Found by a new user: load(path, model=M()) refused a fold-bn file (BN tensors missing, new conv biases)."""
+    import dccomp
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.b1 = nn.BatchNorm2d(8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.b1(self.c1(x))).mean((2, 3)))
+
+    torch.manual_seed(0)
+    m = Net()
+    m.b1.running_mean.uniform_(-1, 1)
+    m.b1.running_var.uniform_(0.5, 2)
+    m.eval()
+    x = torch.randn(2, 3, 8, 8)
+    c = dccomp.compile(m, "fold-bn,prune{sparsity=0.5},cluster{bits=4},huffman", example_inputs=x)
+    c.save(tmp_path / "m.dcc")
+    r = dccomp.load(tmp_path / "m.dcc", model=Net())
+    assert isinstance(r.b1, nn.Identity) and r.c1.bias is not None
+    torch.testing.assert_close(r(x), c.eval()(x), rtol=1e-5, atol=1e-6)
