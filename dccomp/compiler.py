@@ -24,7 +24,8 @@ class CompiledModel(nn.Module):
 
     Attributes:
         ir: the compressed IR (``print(compiled.ir)`` shows its text form).
-        backend: the backend name; ``lowered`` the backend's executable module.
+        backend: the backend name; ``lowered`` the backend's executable module (the torch backend's
+            ``GraphModule``; the TVM backend's ``LoweredModule``, whose ``repr`` lists each layer's kernel).
         records: per-pass measurements (``{"retrain#2": {"eval_accuracy": ...}}``).
 
     Its parameters (``compiled.parameters()``, the torch backend's copy of the graph) may be changed; what the
@@ -41,6 +42,15 @@ class CompiledModel(nn.Module):
             self.lowered = lowered
         else:
             self._lowered_fn = lowered
+
+    def __getattr__(self, name: str):
+        if name == "lowered" and "_lowered_fn" in self.__dict__:  # a backend module that is not an nn.Module
+            return self.__dict__["_lowered_fn"]
+        return super().__getattr__(name)
+
+    def extra_repr(self) -> str:
+        lowered = self.__dict__.get("_lowered_fn")
+        return f"backend={self.backend!r}" + (f"\n{lowered!r}" if lowered is not None else "")
 
     def sync_state(self) -> list[str]:
         """Take the live parameters and buffers into the IR where the file can hold them exactly (raw tensors,

@@ -111,8 +111,12 @@ class LoweredModule:
         lines = [f"LoweredModule(target={self.target}, inputs={self.input_specs})"]
         for layer in self.layers:
             lines.append(f"  {layer.name}: {layer.kind} {layer.shape} density={layer.density:.3f} "
-                         f"const={layer.const_nbytes}B{' +relu' if layer.fused_relu else ''}")
+                         f"const={layer.const_nbytes}B" + _act_suffix(layer.fused_relu))
         return "\n".join(lines)
+
+
+def _act_suffix(act) -> str:
+    return " +relu6" if act == "relu6" else (" +relu" if act else "")
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
