@@ -308,7 +308,7 @@ def cmd_compress(a: argparse.Namespace) -> None:
     r.update({"file_bytes": nbytes, "dense_fp32_bytes": dense_bytes, "ratio": dense_bytes / nbytes,
               "report": compiled.report(), "stages": sizes.rows, "timing": timing.rows, "records": compiled.records,
               "out": a.out, "ir": str(compiled.ir), "seconds": time.perf_counter() - t0})
-    _summary(r, a.json, f"{a.weights} as given")
+    _summary(r, a.json, f"{a.weights} as given" if a.weights else "random initial weights (--random-weights)")
 
 
 def cmd_inspect(a: argparse.Namespace) -> None:
@@ -369,6 +369,8 @@ def cmd_build(a: argparse.Namespace) -> None:
 
     if a.data and a.input_shape:
         _fail("give --data (its examples fix the input shape) or --input-shape, not both")
+    if os.path.exists(a.out) and not os.path.isdir(a.out):
+        _fail(f"--out {a.out!r} is a file; build writes a folder (the .so library and its .json): give a folder")
     model = _load_user_model(a.model, a.data)
     load(a.file, model)
     shape = a.input_shape or DATASETS[a.data or "fashion-mnist"].input_shape
@@ -400,7 +402,8 @@ def cmd_passes(a: argparse.Namespace) -> None:
 
     for name in available_passes():
         obj = get_pass(name)
-        doc = obj.doc if isinstance(obj, NamedPipeline) else (obj.__doc__ or "").strip().splitlines()[0]
+        doc = obj.doc if isinstance(obj, NamedPipeline) else " ".join(
+            (obj.__doc__ or "").strip().split("\n\n")[0].split())  # the docstring's first paragraph
         print(f"{name:<18} {doc}")
     print("backends: " + ", ".join(available_backends()))
 

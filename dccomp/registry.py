@@ -8,6 +8,8 @@ A name registered twice by different objects is an error (no silent overwrite).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, TypeVar
@@ -156,6 +158,51 @@ def make_pass(name: str, options: dict[str, Any]) -> list[Pass]:
         raise PassError(f"pass {name!r} has no option(s) {', '.join(unknown)}; "
                         f"its options are: {', '.join(sorted(fields)) or 'none'}")
     try:
-        return [obj(**options)]
+        made = obj(**options)  # the pass's own checks first: their messages are the most specific
     except (TypeError, ValueError) as e:
         raise PassError(f"pass {name!r}: {e}") from e
+    for key, value in options.items():  # then the field types, for options the pass does not check itself
+        problem = _type_problem(obj, key, value)
+        if problem:
+            raise PassError(f"pass {name!r}: option {key}={value!r} {problem}")
+    return [made]
+
+
+def _matches(value: Any, tp: Any) -> bool | None:
+    """Whether ``value`` fits the annotation ``tp`` (``None``: cannot tell, e.g. a custom generic)."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        results = [_matches(value, t) for t in typing.get_args(tp)]
+        return True if any(results) else (None if None in results else False)
+    if tp is type(None):
+        return value is None
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    base = origin or tp
+    if base in (dict, list, tuple, set):
+        return isinstance(value, base) or (base in (tuple, set) and isinstance(value, list))
+    if typing.get_origin(tp) is typing.Literal:
+        return value in typing.get_args(tp)
+    return None
+
+
+def _type_problem(cls: type, key: str, value: Any) -> str | None:
+    """A message if ``value`` does not fit the type annotation of the pass option ``key``; ``None`` if it fits
+    or the annotation cannot be checked."""
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: leave the check to the pass
+        return None
+    tp = hints.get(key)
+    if tp is None or _matches(value, tp) is not False:
+        return None
+    shown = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+    return f"must be {shown}, got {type(value).__name__}"

@@ -139,6 +139,8 @@ class Retrain(Pass):
                              f"needed), got {self.distill!r}")
         if self.distill_loss not in KD_LOSSES:
             raise ValueError(f"distill_loss must be one of {', '.join(KD_LOSSES)}, got {self.distill_loss!r}")
+        if not isinstance(self.momentum, (int, float)) or not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be a number in [0, 1), got {self.momentum!r}")
         if not isinstance(self.temperature, (int, float)) or self.temperature <= 0:
             raise ValueError(f"temperature must be a number > 0, got {self.temperature!r}")
         if not isinstance(self.epochs, (int, float)) or self.epochs < 0:

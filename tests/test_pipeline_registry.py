@@ -179,3 +179,19 @@ def test_third_party_plugin_package_via_entry_points(tmp_path, monkeypatch):
         monkeypatch.undo()
         sys.modules.pop("dccomp_plugin_demo", None)
         refresh_entry_points()
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("cluster{seed=abc}", r"option seed='abc' must be int, got str"),
+    ("cluster{bits=4.5}", r"bits must be an integer in \[1, 16\], got 4.5"),
+    ("prune{sparsity=0.5,steps=two}", r"steps must be an integer >= 1, got .two."),
+    ("retrain{freeze_bn=maybe}", r"option freeze_bn='maybe' must be bool"),
+    ("retrain{momentum=5}", r"momentum must be a number in \[0, 1\)"),
+])
+def test_option_types_are_checked_against_the_pass_fields(text, msg):
+    """Found by a new user: wrong option types reached the pass and failed later with raw TypeErrors."""
+    from dccomp.errors import PassError
+    from dccomp.pipeline import parse_pipeline
+
+    with pytest.raises(PassError, match=msg):
+        parse_pipeline(text)
