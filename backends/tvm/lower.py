@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -508,9 +509,15 @@ def lower_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None,
         NotImplementedError: an op TVM's frontend cannot lower (names the op and the layer), or a model
             ``torch.export`` cannot capture.
     """
+    tgt = resolve_target(target)
+    with warnings.catch_warnings():  # a deprecation inside torch.export's pytree code, not the user's concern
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        return _lower(ir, specs, tgt, example_inputs, options)
+
+
+def _lower(ir, specs, tgt: dict, example_inputs, options: dict):
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
-    tgt = resolve_target(target)
     ep = export_ir(ir, specs, example_inputs)
     conv = _Converters(ir, ep, tgt, options)
     importer = ExportedProgramImporter()
