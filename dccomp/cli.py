@@ -112,6 +112,20 @@ def _load_weights(model: Any, path: str | None) -> None:
     _fit_state(model, state, path)
 
 
+def _check_json(path: str | None) -> None:
+    """Fail before any work if ``--json PATH`` cannot be written (a directory, a missing folder)."""
+    if path is None or path == "-":
+        return
+    p = Path(path)
+    if p.is_dir():
+        _fail(f"--json {path!r} is a directory; give a file path such as {os.path.join(path, 'results.json')}")
+    if p.exists() and not p.is_file():
+        _fail(f"--json {path!r} is not a regular file")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        _fail(f"--json {path!r}: folder {str(parent)!r} does not exist; create it first")
+
+
 def _check_out(path: str, force: bool = False) -> None:
     """Fail before any work if ``path`` cannot or must not be written (a directory, a device/FIFO/socket, a
     file that is not a .dcc file without --force, a missing or unwritable folder); see check_save_path."""
@@ -489,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     _set_threads(args.threads)
+    _check_json(getattr(args, "json", None))
     try:
         args.func(args)
     except DatasetNotFoundError as e:

@@ -149,6 +149,9 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments), teacher=teacher)
     torch.manual_seed(seed)
     ir = manager.run(ir, ctx)
+    if backend_options is not None and not isinstance(backend_options, dict):
+        raise TypeError(f"backend_options must be a dict of the backend's options, e.g. {{'weights': 'small'}}; "
+                        f"got {type(backend_options).__name__}")
     opts = dict(backend_options or {})
     if target is not None:
         opts["target"] = target

@@ -378,6 +378,9 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
             inconsistent counts, absurd sizes).
         ValueError: the file's tensors do not match ``model``'s (names or shapes), naming the difference.
     """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"dccomp.load takes a file path (str or os.PathLike) or the file's bytes, got "
+                        f"{type(path).__name__}")
     if model is not None and not isinstance(model, nn.Module):
         raise TypeError(f"model must be an instance of the compressed architecture (an nn.Module), got "
                         f"{type(model).__name__}; or call dccomp.load(path) to read the file without it")

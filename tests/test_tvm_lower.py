@@ -258,3 +258,21 @@ def test_bad_inputs_and_options_are_clear_errors():
         TVMBackend().lower(ir, example_inputs=(ids,), weights="tiny")
     with pytest.raises(ValueError, match="kernel='bogus'"):
         TVMBackend().lower(ir, example_inputs=(ids,), kernel="bogus")
+
+
+def test_wrong_example_inputs_and_option_types(tmp_path):
+    """Found by a second new-user trial: a wrong example shape was reported as a torch.export failure, a string
+    backend_options as a dict-update error, load(None) and --json DIR as raw Python errors."""
+    from dccomp.cli import main
+
+    x = torch.zeros(1, 1, 28, 28)
+    c = dccomp.compile(LeNet300100(), "prune{sparsity=0.9}", example_inputs=x)
+    with pytest.raises(ValueError, match=r"does not run on example inputs \[1, 3, 32, 32\] float32"):
+        dccomp.compile(c, backend="tvm", example_inputs=torch.zeros(1, 3, 32, 32))
+    with pytest.raises(TypeError, match="backend_options must be a dict"):
+        dccomp.compile(c, backend="tvm", example_inputs=x, backend_options="small")
+    with pytest.raises(TypeError, match="takes a file path"):
+        dccomp.load(None)
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--data", "digits", "--json", str(tmp_path)])
+    assert e.value.code == 2

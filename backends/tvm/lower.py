@@ -72,19 +72,30 @@ def export_ir(ir, specs: Sequence[InputSpec], example_inputs=None):
     """``torch.export`` of ``ir.gm`` in eval mode, decomposed to core ATen except :data:`PRESERVED_OPS`.
 
     Raises:
+        ValueError: the model does not run on the example inputs (wrong shape or dtype).
         NotImplementedError: ``torch.export`` cannot capture the graph module (the message says why).
     """
     from torch.export import default_decompositions, export
 
     gm = ir.gm
     was_training = gm.training
+    examples = _examples(specs, example_inputs)
     with contextlib.suppress(NotImplementedError):  # a torch.export-captured module is fixed in eval mode
         gm.eval()
     try:
-        ep = export(gm, _examples(specs, example_inputs), strict=False)
-    except Exception as e:  # noqa: BLE001 - any capture failure is reported the same way
-        raise NotImplementedError(f"TVM backend: torch.export could not capture {ir.name}: {e}. Use "
-                                  "backend='torch', or make the model exportable (torch.export docs).") from e
+        try:
+            with torch.no_grad():
+                gm(*examples)
+        except Exception as e:  # noqa: BLE001 - the model itself rejects these inputs: they are wrong
+            shown = ", ".join(f"{list(x.shape)} {str(x.dtype).replace('torch.', '')}" for x in examples)
+            why = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"TVM backend: {ir.name} does not run on example inputs {shown}: {why}. Pass "
+                             "example_inputs the model accepts.") from e
+        try:
+            ep = export(gm, examples, strict=False)
+        except Exception as e:  # noqa: BLE001 - any capture failure is reported the same way
+            raise NotImplementedError(f"TVM backend: torch.export could not capture {ir.name}: {e}. Use "
+                                      "backend='torch', or make the model exportable (torch.export docs).") from e
     finally:
         with contextlib.suppress(NotImplementedError):
             gm.train(was_training)
