@@ -43,6 +43,20 @@ _FORMS = ("a torch Dataset or DataLoader yielding (inputs, targets), an iterable
           "without labels: a tensor of inputs, or a Dataset/DataLoader of inputs only)")
 
 
+_DEFAULT_LOSS = nn.functional.cross_entropy
+
+
+def _check_class_targets(pred: torch.Tensor, y: torch.Tensor) -> None:
+    """Cross-entropy targets must be class indices in ``[0, classes)``: raise ``ValueError`` saying so."""
+    if y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise ValueError(f"the training targets are {str(y.dtype).replace('torch.', '')}; the default loss "
+                         "(cross-entropy) takes class indices (int64), e.g. y.long(); pass loss= for other targets")
+    classes = pred.shape[1] if pred.dim() > 1 else 1
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= classes):
+        raise ValueError(f"training target {int(y.max()) if int(y.max()) >= classes else int(y.min())} is outside "
+                         f"the model's {classes} output classes (0..{classes - 1})")
+
+
 def split_batch(batch: Any) -> tuple[Any, Any]:
     """``(inputs, targets)`` of a batch; ``targets`` is ``None`` for unlabelled data (a bare tensor or a
     1-tuple, as a ``Dataset`` of inputs only or ``TensorDataset(X)`` yields).
@@ -88,6 +102,8 @@ def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str =
             raise ValueError(f"{what}: a tensor of inputs needs a first (example) dimension, got a scalar")
         data = TensorDataset(data)
     if isinstance(data, Dataset):
+        if hasattr(data, "__len__") and len(data) == 0:
+            raise ValueError(f"{what} is empty (0 examples); give at least one batch of examples")
         g = torch.Generator().manual_seed(seed)
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=g if shuffle else None)
     if isinstance(data, Iterable):
@@ -113,7 +129,7 @@ class Trainer:
                  batch_size: int = 128, eval_batch_size: int = 1000, step_fn: Callable | None = None,
                  max_batches: int | None = None, device: str | torch.device = "cpu"):
         self.train_data, self.eval_data = train_data, eval_data
-        self.loss = loss or nn.functional.cross_entropy
+        self.loss = loss or _DEFAULT_LOSS
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.step_fn = step_fn
         self.max_batches = max_batches
@@ -128,14 +144,22 @@ class Trainer:
         x, y = split_batch(batch)
         x, y = x.to(self.device), (None if y is None else y.to(self.device))
         opt.zero_grad(set_to_none=True)
-        if objective is not None:
-            out = objective(module(x), x, y)
-        elif y is None:
+        if objective is None and y is None:
             raise ValueError("the training data has no labels (batches hold inputs only); train on (inputs, "
                              "targets), or distil from the uncompressed model with retrain{distill=1} (prune's "
                              "own retraining needs labels: use prune{epochs=0} followed by retrain{distill=1})")
+        try:
+            pred = module(x)
+        except Exception as e:  # noqa: BLE001 - the model rejects the batch: say which data was wrong
+            raise ValueError(f"the model cannot run on a training batch of shape {list(x.shape)} "
+                             f"({str(x.dtype).replace('torch.', '')}): {str(e).strip().splitlines()[0]}; the "
+                             "training inputs must have the shape the model takes") from e
+        if objective is not None:
+            out = objective(pred, x, y)
         else:
-            out = self.loss(module(x), y)
+            if self.loss is _DEFAULT_LOSS:
+                _check_class_targets(pred, y)
+            out = self.loss(pred, y)
         out.backward()
         opt.step()
         return float(out.detach())

@@ -348,3 +348,20 @@ def test_threads_option_and_default(restore_threads, monkeypatch, capsys):
     main(["passes", "--threads", "0"])  # 0: torch's own choice, left as it is
     assert torch.get_num_threads() == 2
     _fails(["passes", "--threads", "-1"], capsys)
+
+
+@pytest.mark.parametrize("data,msg", [
+    ((torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long)), "train_data is empty"),
+    ((torch.randn(8, 1, 28, 28), torch.rand(8)), "targets are float32.*class indices"),
+    ((torch.randn(8, 1, 28, 28), torch.full((8,), 42)), "target 42 is outside the model's 10 output classes"),
+    ((torch.randn(8, 3, 32, 32), torch.zeros(8, dtype=torch.long)), r"training batch of shape \[8, 3, 32, 32\]"),
+])
+def test_bad_training_data_is_named_before_torch_fails(data, msg):
+    """Found by a second new-user trial: empty data, float or out-of-range labels, and inputs of the wrong shape
+    reached torch and failed with its internal messages."""
+    from dccomp.errors import DccompError
+    from dccomp.models import LeNet300100
+
+    with pytest.raises((ValueError, DccompError), match=msg):
+        dccomp.compile(LeNet300100(), "prune{sparsity=0.5},retrain{epochs=1}",
+                       example_inputs=torch.zeros(1, 1, 28, 28), train_data=data)
