@@ -24,6 +24,7 @@ _INSTALL_HINT = "the TVM backend needs Apache TVM: pip install 'dccomp[tvm]' (ap
 
 #: options of lower()/export() besides target and example_inputs, with their allowed values (None: any)
 OPTIONS = {"kernel": ("sparse", "dense", None), "weights": ("fast", "small"), "no_fuse": (True, False),
+           "calibrate": (True, False),
            "arch": None, "detect_cpu": (True, False), "convert_map": None}
 
 

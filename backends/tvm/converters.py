@@ -16,7 +16,8 @@ import torch
 
 from . import kernels as K
 from .packed import PackedCSR, choose_layout
-from .targets import is_gpu
+from .calibrate import BAND, faster
+from .targets import is_cross, is_gpu
 
 __all__ = ["LayerInfo", "Converters"]
 
@@ -59,6 +60,8 @@ class Converters:
     def __init__(self, ir, ep, target: dict, options: dict):
         self.ir, self.ep, self.target, self.options = ir, ep, target, options
         self.gpu = is_gpu(target)
+        self.runnable = not is_cross(target)
+        self.calibrated: list[str] = []  # layers whose kernel was chosen by timing both
         self.param_of = dict(ep.graph_signature.inputs_to_parameters)
         self.params = dict(ir.gm.named_parameters(remove_duplicate=False))
         canon: dict[int, str] = {}
@@ -306,42 +309,69 @@ class Converters:
             csr = K.CSRCodebook.from_dense(weight.reshape(oc, -1))
         # the CPU kernels decode a row once per call: the packed layout is free there (GPU kernels read CSR)
         layout = csr if self.gpu else choose_layout(csr)
-        dense = self._choose_dense(layout.nbytes, weight.nbytes, lambda: CK.use_dense_conv(
-            density, oc, icg, kh, kw, oh, ow, target=self.target))
+
+        def rule(d: float) -> bool:
+            return CK.use_dense_conv(d, oc, icg, kh, kw, oh, ow, target=self.target)
+
+        dense = self._choose_dense(layout.nbytes, weight.nbytes, lambda: rule(density))
         r, act = self._fusable_relu(node, relu6=not self.gpu)  # the CPU conv kernels also apply ReLU6
         name = self._unique(layer)
         geo = dict(n=n, c=c, h=h, w=wd, oc=oc, kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation,
                    groups=groups, relu=act, name=name)
         if dense and self.gpu:
             dense = False  # the sparse kernels are the GPU kernels; a dense weight is a CSR of density 1
+        if self._calibrating() and rule(density - BAND) != rule(density + BAND):  # near the crossover: time both
+            sparse_f, sparse_arrays = self._sparse_conv(layout, csr, geo)
+            dense = 1 == faster(self.target, [(sparse_f, name, sparse_arrays),
+                                              (CK.dense_conv2d_func(self.target, **geo), name, [weight])],
+                                (n, c, h, wd), (n, oc, oh, ow))
+            self.calibrated.append(layer)
         if dense:
             f = CK.dense_conv2d_func(self.target, **geo)
             args = [x] + self.consts(pname, "dense", lambda: [np.ascontiguousarray(weight)]) + [bias]
             info = LayerInfo(layer, "dense_conv2d", tuple(weight.shape), density, weight.nbytes + bias_bytes,
                              act)
         elif isinstance(layout, PackedCSR):
-            esc = (1 << layout.gap_bits) - 1
             ent = str(layout.entries.dtype)
-            f = CK.sparse_conv2d_func(self.target, nnz=layout.entries.shape[0], k=layout.k, col_dtype=ent,
-                                      code_dtype=ent, packed=(layout.code_bits, esc), **geo)
+            f, _ = self._sparse_conv(layout, csr, geo)
             rowptr, entries, cb = self.consts(pname, "packed", layout.arrays)
             args = [x, rowptr, entries, entries, cb, bias]  # the kernel reads the entries once (as col)
             info = LayerInfo(layer, "sparse_conv2d", tuple(weight.shape), density, layout.nbytes + bias_bytes,
                              act, {"layout": "packed", "entry": ent, "code_bits": layout.code_bits,
                                              "k": layout.k, "groups": groups})
         else:
-            f = CK.sparse_conv2d_func(self.target, nnz=csr.col.shape[0], k=csr.k, col_dtype=str(csr.col.dtype),
-                                      code_dtype=str(csr.code.dtype), **geo)
+            f, _ = self._sparse_conv(layout, csr, geo)
             args = [x] + self.consts(pname, "csr", csr.arrays) + [bias]
             info = LayerInfo(layer, "sparse_conv2d", tuple(weight.shape), density, csr.nbytes + bias_bytes,
                              act, {"layout": "csr", "col": str(csr.col.dtype), "code": str(csr.code.dtype),
                                              "k": csr.k, "groups": groups})
+        if self.calibrated and self.calibrated[-1] == layer:
+            info.dtypes["chosen_by"] = "timing"
         gv = imp.block_builder.add_func(f, name)
         y = imp.block_builder.emit(relax.call_tir(gv, args, relax.TensorType((n, oc, oh, ow), "float32")))
         if r is not None:
             self.fused.add(r)
         self._record(pname, info)
         return y
+
+    def _sparse_conv(self, layout, csr, geo: dict):
+        """``(prim_func, weight arrays in argument order)`` of the sparse conv kernel for ``layout``."""
+        from . import conv_kernels as CK
+
+        if isinstance(layout, PackedCSR):
+            ent = str(layout.entries.dtype)
+            f = CK.sparse_conv2d_func(self.target, nnz=layout.entries.shape[0], k=layout.k, col_dtype=ent,
+                                      code_dtype=ent, packed=(layout.code_bits, (1 << layout.gap_bits) - 1), **geo)
+            return f, [layout.rowptr, layout.entries, layout.entries, layout.codebook]
+        f = CK.sparse_conv2d_func(self.target, nnz=csr.col.shape[0], k=csr.k, col_dtype=str(csr.col.dtype),
+                                  code_dtype=str(csr.code.dtype), **geo)
+        return f, csr.arrays()
+
+    def _calibrating(self) -> bool:
+        """Time kernels at build time: only for modules that run on this CPU, with the kernel not forced, in
+        ``weights="fast"`` mode, unless ``calibrate=False``."""
+        return (bool(self.options.get("calibrate", True)) and self.runnable and not self.gpu
+                and self.options.get("kernel") is None and self.options.get("weights", "fast") == "fast")
 
     # -- embedding ---------------------------------------------------------------------------------------
     def embedding(self, node, imp):
