@@ -14,6 +14,12 @@ fp32 state dict). ``seconds``: compression time (capture + passes), not evaluati
 Configurations: ``fp16`` (weights stored as float16, fp32 compute), ``int8-dynamic`` (``torch.ao`` dynamic int8
 of the ``Linear`` layers; the embeddings, 52% of the parameters, stay fp32), and dccomp pipelines (post-training,
 no retraining; :data:`PIPELINES`), captured with ``capture="export"`` and a dynamic batch and sequence length.
+Names: ``clusterB`` (B bits everywhere), ``embE-linL`` (E bits on the three embeddings, L on the linears),
+``wordW-...`` (W bits on the word embeddings only, 8 on the position/token-type ones), ``attnA`` / ``interI``
+(the attention / FFN-intermediate linears at A / I bits), ``embpruneP`` (magnitude pruning of the embeddings
+only, P%), ``prune50-cluster5`` (50% pruning everywhere). Distillation is not run: ``Trainer`` feeds one
+positional tensor and distils tensor outputs, while this model takes tokenizer keyword inputs and returns a
+dict.
 """
 from __future__ import annotations
 
@@ -37,6 +43,16 @@ PIPELINES = {
     "cluster5": "cluster{bits=5,init=kmeans++},huffman",
     "cluster4": "cluster{bits=4,init=kmeans++},huffman",
     "emb4-lin6": "cluster{bits=6,init=kmeans++,layers={embedding:4}},huffman",
+    "emb3-lin6": "cluster{bits=6,init=kmeans++,layers={embedding:3}},huffman",
+    "emb4-lin5": "cluster{bits=5,init=kmeans++,layers={embedding:4}},huffman",
+    "emb3-lin5": "cluster{bits=5,init=kmeans++,layers={embedding:3}},huffman",
+    "word3-lin6": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":3,embedding:8}},huffman',
+    "word2-lin6": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":2,embedding:8}},huffman',
+    "word4-attn5-lin6": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":4,embedding:8,".*attention.*":5}},huffman',
+    "word3-attn5-lin6": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":3,embedding:8,".*attention.*":5}},huffman',
+    "word3-inter5-lin6": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":3,embedding:8,".*intermediate.*":5}},huffman',
+    "embprune30-emb4-lin6": "prune{sparsity=0.3,exclude=linear},cluster{bits=6,init=kmeans++,layers={embedding:4}},huffman",
+    "embprune50-emb4-lin6": "prune{sparsity=0.5,exclude=linear},cluster{bits=6,init=kmeans++,layers={embedding:4}},huffman",
     "prune50-cluster5": "prune{sparsity=0.5},cluster{bits=5,init=kmeans++},huffman",
 }
 CONFIGS = ("fp16", "int8-dynamic", *PIPELINES)
