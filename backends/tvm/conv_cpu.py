@@ -10,6 +10,32 @@ __all__ = ["fill_channel_macro", "fill_workspace_macro", "sparse_conv2d_plane", 
            "dense_conv2d_cpu"]
 
 
+def tap_macro(k: int, packed: tuple[int, int] | None):
+    """TVMScript macro ``tap(col, code, codebook, j, run, wv, t)``: decode non-zero ``j`` of a row into its
+    column (``run[0]``) and weight (``wv[t]``). CSR: ``col[j]`` and ``codebook[code[j]]``. Packed
+    (``packed = (code_bits, esc)``, :class:`~.packed.PackedCSR` entries in ``col``; start a row with
+    ``run[0] = -1``): the column advances by gap + 1, or by ``(code + 1) * esc`` for a filler, whose weight is 0."""
+    from tvm.script import tirx as T
+
+    use_packed = packed is not None
+    pbits, pesc = (packed[0], packed[1]) if use_packed else (0, 0)
+    pmask = (1 << pbits) - 1
+
+    @T.macro
+    def tap(col, code, codebook, j, run, wv, t):
+        if use_packed:
+            e = T.bind(T.Cast("int32", col[j]))
+            fl = T.bind(T.shift_right(e, pbits) == pesc)
+            cd = T.bind(T.bitwise_and(e, pmask))
+            run[0] = run[0] + T.if_then_else(fl, (cd + 1) * pesc, T.shift_right(e, pbits) + 1)
+            wv[t] = T.if_then_else(fl, T.float32(0), codebook[T.min(cd, k - 1)])
+        else:
+            run[0] = T.Cast("int32", col[j])
+            wv[t] = codebook[T.Cast("int32", code[j])]
+
+    return tap
+
+
 def fill_channel_macro(g: ConvGeom):
     """TVMScript macro ``fill_channel(x, xs, dst, b, ci)``: copy channel ``ci`` of image ``b`` of ``x`` into the
     zero-padded, stride-decomposed layout (``nphase`` planes of ``hq x wq``) at ``xs[dst:]``. Rows are split
@@ -99,9 +125,7 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     ohw = oh * ow
     nfull = ohw // ch
     nout = ch if direct else nch * ch
-    use_packed = packed is not None
-    pbits, pesc = (packed[0], packed[1]) if use_packed else (0, 0)
-    pmask = (1 << pbits) - 1
+    tap = tap_macro(k, packed)
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
@@ -127,15 +151,7 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
                 xs[body + i] = T.float32(0)
             run[0] = -1
             for t in T.serial(nr):
-                if use_packed:
-                    e = T.bind(T.Cast("int32", col[lo + t]))
-                    fl = T.bind(T.shift_right(e, pbits) == pesc)
-                    cd = T.bind(T.bitwise_and(e, pmask))
-                    run[0] = run[0] + T.if_then_else(fl, (cd + 1) * pesc, T.shift_right(e, pbits) + 1)
-                    wv[t] = T.if_then_else(fl, T.float32(0), codebook[T.min(cd, k - 1)])
-                else:
-                    run[0] = T.Cast("int32", col[lo + t])
-                    wv[t] = codebook[T.Cast("int32", code[lo + t])]
+                tap(col, code, codebook, lo + t, run, wv, t)
                 cc = T.bind(run[0])
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)
@@ -205,9 +221,7 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     nfull = ohw // ch
     nstage = 1 if direct else n * oc * nch * ch
     img = c * nph * pl
-    use_packed = packed is not None
-    pbits, pesc = (packed[0], packed[1]) if use_packed else (0, 0)
-    pmask = (1 << pbits) - 1
+    tap = tap_macro(k, packed)
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
@@ -225,15 +239,7 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
             run = T.alloc_buffer((1,), "int32", scope="global")
             run[0] = -1
             for j in T.serial(rowptr[o], rowptr[o + 1]):
-                if use_packed:
-                    e = T.bind(T.Cast("int32", col[j]))
-                    fl = T.bind(T.shift_right(e, pbits) == pesc)
-                    cd = T.bind(T.bitwise_and(e, pmask))
-                    run[0] = run[0] + T.if_then_else(fl, (cd + 1) * pesc, T.shift_right(e, pbits) + 1)
-                    tw[j] = T.if_then_else(fl, T.float32(0), codebook[T.min(cd, k - 1)])
-                else:
-                    run[0] = T.Cast("int32", col[j])
-                    tw[j] = codebook[T.Cast("int32", code[j])]
+                tap(col, code, codebook, j, run, tw, j)
                 cc = T.bind(run[0])
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)
