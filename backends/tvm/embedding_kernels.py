@@ -33,6 +33,15 @@ def embedding_csr_func(target: dict, n_tokens: int, num: int, dim: int, nnz: int
     nnz = max(int(nnz), 1)
     n_tokens = max(int(n_tokens), 1)
 
+    @T.macro
+    def lookup(ids, rowptr, col, code, codebook, y, t):
+        """Write row ``ids[t]`` of the table into ``y[t]``: zeros, then each non-zero's centroid."""
+        r = T.bind(T.max(T.min(T.Cast("int32", ids[t]), num - 1), 0))
+        for d in T.serial(dim):
+            y[t, d] = T.float32(0)
+        for j in T.serial(rowptr[r], rowptr[r + 1]):
+            y[t, T.Cast("int32", col[j])] = codebook[T.Cast("int32", code[j])]
+
     if is_gpu(target):
         nb = (n_tokens + 63) // 64
 
@@ -44,12 +53,7 @@ def embedding_csr_func(target: dict, n_tokens: int, num: int, dim: int, nnz: int
             for bx in T.thread_binding(nb, thread="blockIdx.x"):
                 for tx in T.thread_binding(64, thread="threadIdx.x"):
                     if bx * 64 + tx < n_tokens:
-                        t = T.bind(bx * 64 + tx)
-                        r = T.bind(T.max(T.min(T.Cast("int32", ids[t]), num - 1), 0))
-                        for d in T.serial(dim):
-                            y[t, d] = T.float32(0)
-                        for j in T.serial(rowptr[r], rowptr[r + 1]):
-                            y[t, T.Cast("int32", col[j])] = codebook[T.Cast("int32", code[j])]
+                        lookup(ids, rowptr, col, code, codebook, y, bx * 64 + tx)
 
         return gpu
 
@@ -59,10 +63,6 @@ def embedding_csr_func(target: dict, n_tokens: int, num: int, dim: int, nnz: int
             codebook: T.Buffer((k,), "float32"), y: T.Buffer((n_tokens, dim), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
         for t in T.parallel(n_tokens):
-            r = T.bind(T.max(T.min(T.Cast("int32", ids[t]), num - 1), 0))
-            for d in T.serial(dim):
-                y[t, d] = T.float32(0)
-            for j in T.serial(rowptr[r], rowptr[r + 1]):
-                y[t, T.Cast("int32", col[j])] = codebook[T.Cast("int32", code[j])]
+            lookup(ids, rowptr, col, code, codebook, y, t)
 
     return cpu
