@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import dist
+
 __all__ = ["main"]
 
 
@@ -253,6 +255,8 @@ def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> Non
             print(f"dense accuracy      {100 * r['dense_accuracy']:.2f}%  ({dense_source})")
             print(f"compressed accuracy {100 * r['compressed_accuracy']:.2f}%  (in memory)")
             print(f"reloaded accuracy   {100 * r['reloaded_accuracy']:.2f}%  (from {r['out']})")
+    if json_path != "-" and r.get("ranks", 1) > 1:
+        print(f"retrained data-parallel on {r['ranks']} ranks (torch.distributed)")
     if json_path != "-":
         print(f"file {r['out']}: {r['file_bytes']} bytes vs {r['dense_fp32_bytes']} dense float32 -> "
               f"{r['ratio']:.1f}x; reload accuracy {same}; {r['seconds']:.0f} s total")
@@ -266,10 +270,14 @@ def cmd_demo(a: argparse.Namespace) -> None:
     out = a.out or f"{a.model}.dcc"
     _check_out(out, a.force)
     _parse_pipeline(a.pipeline, True)  # a typo fails now, not after training the dense baseline
-    print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
+    if dist.is_main():
+        print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
+    main_rank = dist.is_main()  # under torch.distributed only rank 0 prints and writes files
     r = run_demo(a.model, a.data, pipeline=a.pipeline, out=out, data_root=a.data_root, seed=a.seed,
-                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir, log=True,
-                 overwrite=a.force)
+                 progress=not a.no_progress and main_rank, dense_epochs=a.dense_epochs,
+                 dump_ir=a.dump_ir if main_rank else None, log=main_rank, overwrite=a.force)
+    if not main_rank:
+        return
     _summary(r, a.json, "cached baseline" if r["dense_from_cache"] else "trained baseline")
 
 
@@ -307,10 +315,13 @@ def cmd_compress(a: argparse.Namespace) -> None:
     ex = torch.zeros(1, *shape) if shape else None
     dense_acc = trainer.evaluate(model)["accuracy"] if trainer else None
     sizes, timing = SizeTracker(), Timing()
-    instruments = [sizes, timing] + ([] if a.no_progress else [Progress()]) + (
-        [DumpIR(a.dump_ir)] if a.dump_ir else []) + [StageLog()]
+    main_rank = dist.is_main()  # under torch.distributed only rank 0 prints and writes files
+    instruments = [sizes, timing] + ([] if a.no_progress or not main_rank else [Progress()]) + (
+        [DumpIR(a.dump_ir)] if a.dump_ir and main_rank else []) + ([StageLog()] if main_rank else [])
     compiled = compile(model, passes, example_inputs=ex, trainer=trainer, verify=a.verify,
                        instruments=instruments, seed=a.seed)
+    if not main_rank:
+        return
     nbytes = save(compiled, a.out, overwrite=a.force)
     r: dict[str, Any] = {"model": a.model, "data": a.data, "pipeline": a.pipeline, "dense_accuracy": dense_acc,
                          "compressed_accuracy": None, "reloaded_accuracy": None}
@@ -321,7 +332,8 @@ def cmd_compress(a: argparse.Namespace) -> None:
     dense_bytes = compiled.ir.dense_nbytes()
     r.update({"file_bytes": nbytes, "dense_fp32_bytes": dense_bytes, "ratio": dense_bytes / nbytes,
               "report": compiled.report(), "stages": sizes.rows, "timing": timing.rows, "records": compiled.records,
-              "out": a.out, "ir": str(compiled.ir), "seconds": time.perf_counter() - t0})
+              "out": a.out, "ir": str(compiled.ir), "seconds": time.perf_counter() - t0,
+              "ranks": dist.world()[1]})
     _summary(r, a.json, f"{a.weights} as given" if a.weights else "random initial weights (--random-weights)")
 
 
@@ -422,6 +434,23 @@ def cmd_passes(a: argparse.Namespace) -> None:
     print("backends: " + ", ".join(available_backends()))
 
 
+_NPROC_HELP = ("retrain data-parallel in N processes on this machine (runs itself under torchrun --standalone "
+               "--nproc-per-node N; torch.distributed, gloo); or launch with torchrun yourself")
+
+
+def _strip_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` / ``--nproc=N`` option (what each torchrun rank runs)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
@@ -449,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
+    d.add_argument("--nproc", type=_positive, metavar="N", help=_NPROC_HELP)
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compress", parents=[common], help="compress a model: built-in name or module:Class + weights")
@@ -466,6 +496,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", metavar="PATH")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
+    c.add_argument("--nproc", type=_positive, metavar="N", help=_NPROC_HELP)
     c.set_defaults(func=cmd_compress)
 
     i = sub.add_parser("inspect", parents=[common], help="show a .dcc file's tensors and size table")
@@ -504,7 +535,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     _set_threads(args.threads)
     _check_json(getattr(args, "json", None))
+    nproc = getattr(args, "nproc", None)
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; each runs without --nproc
+        raise SystemExit(dist.launch(nproc, _strip_nproc(sys.argv[1:] if argv is None else argv)))
     try:
+        dist.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group
         args.func(args)
     except DatasetNotFoundError as e:
         _fail(str(e))
@@ -515,6 +550,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("dccomp: interrupted (no file was left half-written)", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        if dist.active():
+            import torch
+
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

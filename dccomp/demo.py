@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import dist
 from .compiler import compile
 from .data import DATASETS, get_dataset
 from .format import check_save_path, load, save
@@ -56,8 +57,9 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
     trainer.fit(model, model.parameters(), epochs=recipe["epochs"], lr=recipe["lr"], momentum=recipe["momentum"],
                 weight_decay=recipe["weight_decay"], progress=progress, seed=seed, schedule=recipe["schedule"])
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(compile(model, [], example_inputs=torch.zeros(1, *info.input_shape)), path)
+    if dist.is_main():  # under torch.distributed the ranks trained identical copies: rank 0 writes the cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(compile(model, [], example_inputs=torch.zeros(1, *info.input_shape)), path)
     return model, False
 
 
@@ -71,7 +73,9 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
         dict with ``dense_accuracy``, ``compressed_accuracy`` (in memory), ``reloaded_accuracy`` (from the file),
         ``file_bytes``, ``ratio``, ``report`` (SizeReport), ``stages`` (file size after each pass), ``timing``,
         ``records`` (per-pass measurements), ``out`` (path). ``dump_ir``: folder for the IR text after each
-        pass; ``log``: one line per pass on stderr; ``overwrite``: see :func:`dccomp.save`.
+        pass; ``log``: one line per pass on stderr; ``overwrite``: see :func:`dccomp.save`. Under
+        ``torch.distributed`` every rank retrains its shard (:mod:`dccomp.dist`) and only rank 0 writes files;
+        the other ranks return only ``compressed_accuracy``.
 
     Raises:
         DatasetNotFoundError: the data set is not installed (message gives the install command).
@@ -99,6 +103,8 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     compiled = compile(dense, passes, example_inputs=torch.zeros(1, *info.input_shape), trainer=trainer,
                        verify=verify, instruments=instruments, seed=seed)
     comp_acc = trainer.evaluate(compiled)["accuracy"]
+    if not dist.is_main():  # under torch.distributed only rank 0 writes the file
+        return {"model": model_name, "data": data, "compressed_accuracy": comp_acc, "out": None}
     nbytes = save(compiled, out, overwrite=overwrite)
     fresh = build_model(model_name, info.input_shape, info.num_classes)
     reloaded = load(out, fresh)
