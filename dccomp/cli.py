@@ -236,7 +236,7 @@ def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> Non
     """Print (or write as JSON) a demo/compress result: IR, size table, size and time after each pass,
     accuracies (when measured) and the file's ratio. Exits 1 if the reloaded file's accuracy differs."""
     if json_path:
-        _print_json({k: v for k, v in r.items() if k != "ir"}, json_path)
+        _print_json({k: v for k, v in r.items() if k not in ("ir", "dense_model")}, json_path)
     if json_path != "-":
         print(r["ir"])
         print()
@@ -279,6 +279,26 @@ def cmd_demo(a: argparse.Namespace) -> None:
     if not main_rank:
         return
     _summary(r, a.json, "cached baseline" if r["dense_from_cache"] else "trained baseline")
+    if not a.no_plots:
+        _demo_plots(r, a.json == "-")
+
+
+def _demo_plots(r: dict[str, Any], quiet: bool) -> None:
+    """Draw the demo file's pictures into ``<file stem>-plots/`` beside it, over the dense baseline; list them."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print("plots: skipped (matplotlib is not installed: pip install 'dccomp[plot]', or --no-plots)",
+              file=sys.stderr)
+        return
+    from .plot import plot_file
+
+    out = Path(r["out"])
+    files = plot_file(out, out.with_name(out.stem + "-plots"), dense=r["dense_model"].state_dict() if r.get("dense_model") is not None else None)
+    if not quiet:
+        print(f"plots ({len(files)} PNG files: per layer, weights/cluster indices/relative indices; summary):")
+        for p in files:
+            print(f"  {p}")
 
 
 def cmd_compress(a: argparse.Namespace) -> None:
@@ -423,6 +443,16 @@ def _attach_compressed_state(ir: Any, path: str) -> None:
                 w.bits = max(1, (max(int(codebook.numel()), 2) - 1).bit_length())
 
 
+def cmd_plot(a: argparse.Namespace) -> None:
+    from .plot import plot_file
+
+    for what, path in (("file", a.file), ("--dense", a.dense)):
+        if path is not None and not os.path.isfile(path):
+            _fail(f"{what} {path!r} is not a file; give a .dcc file written by dccomp")
+    for p in plot_file(a.file, a.out, dense=a.dense):
+        print(p)
+
+
 def cmd_passes(a: argparse.Namespace) -> None:
     from .registry import available_backends, available_passes, get_pass, NamedPipeline
 
@@ -479,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
     d.add_argument("--nproc", type=_positive, metavar="N", help=_NPROC_HELP)
+    d.add_argument("--no-plots", action="store_true", help="do not draw the PNGs (dccomp plot) next to the .dcc")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compress", parents=[common], help="compress a model: built-in name or module:Class + weights")
@@ -521,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-shape", type=_shape, help="per-example input shape, e.g. 3,32,32 (default: the "
                                                       "--data set's, fashion-mnist when neither is given)")
     b.set_defaults(func=cmd_build)
+
+    pl = sub.add_parser("plot", parents=[common], help="draw a .dcc file's weight, cluster-index and "
+                        "relative-index distributions per layer, and bits/ratio per layer (PNG; dccomp[plot])")
+    pl.add_argument("file")
+    pl.add_argument("--out", required=True, help="output folder (created if missing)")
+    pl.add_argument("--dense", metavar="F.dcc", help="dense baseline file: its weight distributions are drawn "
+                                                    "under the compressed ones (before/after)")
+    pl.set_defaults(func=cmd_plot)
 
     ps = sub.add_parser("passes", parents=[common], help="list registered passes, pipelines and backends")
     ps.set_defaults(func=cmd_passes)

@@ -72,7 +72,8 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     Returns:
         dict with ``dense_accuracy``, ``compressed_accuracy`` (in memory), ``reloaded_accuracy`` (from the file),
         ``file_bytes``, ``ratio``, ``report`` (SizeReport), ``stages`` (file size after each pass), ``timing``,
-        ``records`` (per-pass measurements), ``out`` (path). ``dump_ir``: folder for the IR text after each
+        ``records`` (per-pass measurements), ``out`` (path), ``dense_model`` (the dense baseline module).
+        ``dump_ir``: folder for the IR text after each
         pass; ``log``: one line per pass on stderr; ``overwrite``: see :func:`dccomp.save`. Under
         ``torch.distributed`` every rank retrains its shard (:mod:`dccomp.dist`) and only rank 0 writes files;
         the other ranks return only ``compressed_accuracy``.
@@ -115,4 +116,4 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
             "reloaded_accuracy": re_acc, "file_bytes": nbytes, "dense_fp32_bytes": compiled.ir.dense_nbytes(),
             "ratio": compiled.ir.dense_nbytes() / nbytes, "report": report, "stages": sizes.rows,
             "timing": timing.rows, "records": compiled.records, "out": str(out), "ir": str(compiled.ir),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "dense_model": dense}
