@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
-__all__ = ["world", "active", "is_main", "init_from_env", "GlobalBatchSampler", "shard_loader", "GradientSync",
-           "broadcast_module", "all_reduce_sum", "check_replicated", "compression_state", "launch"]
+__all__ = ["world", "active", "is_main", "init_from_env", "GlobalBatchSampler", "shard_bounds", "shard_batch",
+           "batch_len", "shard_loader", "GradientSync", "broadcast_module", "all_reduce_sum", "check_replicated",
+           "compression_state", "launch"]
 
 
 def world() -> tuple[int, int]:
@@ -158,6 +159,8 @@ class _ShardedBatches:
             if batch_len(batch) >= self.world_size:
                 yield shard_batch(batch, self.rank, self.world_size)
 
+
+class _SizedShardedBatches(_ShardedBatches):
     def __len__(self) -> int:
         return len(self.batches)
 
@@ -176,7 +179,7 @@ def shard_loader(loader: Any) -> Any:
         return DataLoader(loader.dataset, batch_sampler=GlobalBatchSampler(loader.batch_sampler, rank, size),
                           collate_fn=loader.collate_fn, num_workers=loader.num_workers, pin_memory=loader.pin_memory,
                           generator=loader.generator)
-    return _ShardedBatches(loader, rank, size)
+    return (_SizedShardedBatches if hasattr(loader, "__len__") else _ShardedBatches)(loader, rank, size)
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:

@@ -20,7 +20,7 @@ from dccomp.data import get_dataset
 from dccomp.models import LeNet300100
 
 PIPELINE = ("prune{sparsity=0.8,steps=2,epochs=1,lr=0.05},retrain{epochs=1,lr=0.05},cluster{bits=4},"
-            "retrain{epochs=2,lr=0.02,optimizer=adam}")
+            "retrain{epochs=1,lr=0.02,optimizer=adam}")
 
 
 def _run(out_path: str | None) -> dict:
@@ -34,10 +34,20 @@ def _run(out_path: str | None) -> dict:
                       "indices": w.indices} for w in c.ir.weights.values()}
     state["bias"] = {n: p.detach().clone() for n, p in c.ir.gm.named_parameters() if n.endswith("bias")}
     res = {"state": state, "accuracy": trainer.evaluate(c)["accuracy"], "records": c.records,
-           "world": dist.world()}
+           "world": dist.world(), "batches": _fit_on_batches()}
     if out_path:
         torch.save(res, out_path)
     return res
+
+
+def _fit_on_batches() -> dict[str, torch.Tensor]:
+    """Trainer.fit on a plain list of (x, y) batches (each batch cut per rank; sizes 16, ..., 16, 5)."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(85, 12, generator=g), torch.randint(0, 3, (85,), generator=g)
+    torch.manual_seed(2)
+    m = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    dccomp.Trainer([(x[i:i + 16], y[i:i + 16]) for i in range(0, 85, 16)]).fit(m, m.parameters(), epochs=2, lr=0.1)
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
 
 def _worker(rank: int, world_size: int, folder: str) -> None:
@@ -68,6 +78,8 @@ def test_ranks_hold_identical_weights_masks_and_codebooks(runs):
         for key in ("weight", "mask", "codebook", "indices"):
             assert torch.equal(s0[key], r1["state"][name][key]), f"{name} {key} differs between ranks"
     assert r0["accuracy"] == r1["accuracy"]
+    for k, v in r0["batches"].items():
+        assert torch.equal(v, r1["batches"][k]), k
 
 
 def test_distributed_equals_one_process_within_tolerance(runs):
@@ -90,6 +102,8 @@ def test_distributed_equals_one_process_within_tolerance(runs):
             assert r0["records"][key]["steps"] == rec["steps"], key
         if "loss" in rec:  # the mean training loss of the last epoch, over the global batches
             assert abs(r0["records"][key]["loss"] - rec["loss"]) < 1e-4, key
+    for k, v in one["batches"].items():  # data given as a list of batches: each batch cut per rank
+        torch.testing.assert_close(r0["batches"][k], v, atol=1e-5, rtol=1e-4)
     assert r0["accuracy"] > 0.8 and one["accuracy"] > 0.8
     assert abs(r0["accuracy"] - one["accuracy"]) <= 0.01
 
