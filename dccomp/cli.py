@@ -285,16 +285,16 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 def _demo_plots(r: dict[str, Any], quiet: bool) -> None:
     """Draw the demo file's pictures into ``<file stem>-plots/`` beside it, over the dense baseline; list them."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
+    from .plot import available, plot_file
+
+    if not available():
         print("plots: skipped (matplotlib is not installed: pip install 'dccomp[plot]', or --no-plots)",
               file=sys.stderr)
         return
-    from .plot import plot_file
 
     out = Path(r["out"])
-    files = plot_file(out, out.with_name(out.stem + "-plots"), dense=r["dense_model"].state_dict() if r.get("dense_model") is not None else None)
+    dense = r["dense_model"].state_dict() if r.get("dense_model") is not None else None
+    files = plot_file(out, out.with_name(out.stem + "-plots"), dense=dense)
     if not quiet:
         print(f"plots ({len(files)} PNG files: per layer, weights/cluster indices/relative indices; summary):")
         for p in files:

@@ -2,8 +2,8 @@
 with more than one rank is initialized, e.g. under ``torchrun --nproc-per-node N -m dccomp.cli compress ...``).
 
 Scheme (synchronous data parallelism, as DDP; Goyal et al. 2017): every rank holds the whole model. Each global
-batch -- exactly the batch a one-process run would draw (same loader, same generator) -- is split into ``N`` nearly equal
-contiguous shards, one per rank (:class:`GlobalBatchSampler`). Before every optimizer step the gradients of all
+batch -- exactly the batch a one-process run would draw (same loader, same generator) -- is split into ``N``
+nearly equal contiguous shards, one per rank (:class:`GlobalBatchSampler`). Before every optimizer step the gradients of all
 trained tensors -- model weights and biases, and the centroids of clustered weights, whose gradient is the
 per-cluster sum of Deep Compression Eq. 3 -- are all-reduced, each rank's gradient weighted by its share of the
 global batch (``sum_r n_r g_r / sum_r n_r``, exact for mean-reduced losses even when shards differ in size), and

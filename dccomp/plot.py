@@ -17,6 +17,7 @@ global state). PNGs are written atomically (temporary file + rename) and replace
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import os
@@ -35,7 +36,7 @@ from .container import read_container
 from .format import DccFile
 from .report import SizeReport, report_from_manifest
 
-__all__ = ["LayerPlotData", "layer_data", "draw_layer", "draw_summary", "plot_file", "check_plot_dir"]
+__all__ = ["available", "LayerPlotData", "layer_data", "draw_layer", "draw_summary", "plot_file", "check_plot_dir"]
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -68,6 +69,11 @@ class LayerPlotData:
     def n(self) -> int:
         """Number of weights of the dense tensor."""
         return math.prod(self.shape)
+
+
+def available() -> bool:
+    """Whether matplotlib is installed (checked without importing it)."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _open(path: str | os.PathLike) -> DccFile:
@@ -231,6 +237,7 @@ def draw_summary(rep: SizeReport, title: str) -> bytes:
     ax, ax2 = fig.subplots(1, 2)
     fig.suptitle(title, fontsize=13)
     x = np.arange(len(rows))
+    tick: dict[str, Any] = {"rotation": 30, "ha": "right"} if len(rows) > 6 else {}
     series = [("weight bits P+Q", [r.weight_bits_pq for r in rows], "tab:blue"),
               ("weight bits P+Q+H", [r.weight_bits_pqh for r in rows], "tab:green"),
               ("index bits P+Q+H (P+Q if not coded)",
@@ -238,7 +245,7 @@ def draw_summary(rep: SizeReport, title: str) -> bytes:
     width = 0.27
     for j, (label, vals, color) in enumerate(series):
         ax.bar(x + (j - 1) * width, [v if v is not None else 0.0 for v in vals], width, label=label, color=color)
-    ax.set_xticks(x, [r.layer for r in rows], rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center")
+    ax.set_xticks(x, [r.layer for r in rows], **tick)
     ax.set_xlabel("layer")
     ax.set_ylabel("bits per surviving weight")
     ax.set_title("bits per weight")
@@ -247,7 +254,7 @@ def draw_summary(rep: SizeReport, title: str) -> bytes:
     bars = ax2.bar(x, ratios, 0.6, color="tab:purple")
     ax2.bar_label(bars, [f"{v:.1f}x" for v in ratios], fontsize=8)
     ax2.axhline(rep.ratio, color="0.3", linestyle="--", label=f"whole file {rep.ratio:.1f}x")
-    ax2.set_xticks(x, [r.layer for r in rows], rotation=30 if len(rows) > 6 else 0, ha="right" if len(rows) > 6 else "center")
+    ax2.set_xticks(x, [r.layer for r in rows], **tick)
     ax2.set_xlabel("layer")
     ax2.set_ylabel("dense float32 bytes / stored bytes")
     ax2.set_title("compression ratio per layer (weights, index, codebook, bias)")
@@ -336,10 +343,8 @@ def plot_file(path: str | os.PathLike, out_dir: str | os.PathLike,
         ImportError: matplotlib is missing (says how to install it). FormatError / OSError: see
         :func:`layer_data`; NotADirectoryError, FileNotFoundError, FileExistsError: see :func:`check_plot_dir`.
     """
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise ImportError("dccomp plot needs matplotlib: pip install 'dccomp[plot]'") from None
+    if not available():
+        raise ImportError("dccomp plot needs matplotlib: pip install 'dccomp[plot]'")
     f = _open(path)
     layers = layer_data(f, dense)
     names = _file_names(layers)

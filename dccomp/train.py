@@ -5,8 +5,8 @@ DDP or AMP): ``step_fn(module, batch, optimizer) -> float loss`` must run forwar
 ``optimizer.step()``. dccomp's mask and weight-sharing constraints are applied by gradient hooks and after each
 step, so they hold whatever the step does.
 
-Under ``torch.distributed`` (a process group of more than one rank, e.g. launched with ``torchrun``), :meth:`Trainer.fit`
-trains data-parallel: each rank takes its shard of every global batch and gradients are all-reduced before each
+Under ``torch.distributed`` (a process group of more than one rank, e.g. launched with ``torchrun``),
+:meth:`Trainer.fit` trains data-parallel: each rank takes its shard of every global batch and gradients are all-reduced before each
 step, so all ranks keep identical weights (:mod:`dccomp.dist`). Evaluation runs whole on every rank.
 """
 from __future__ import annotations

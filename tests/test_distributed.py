@@ -131,9 +131,9 @@ def test_global_batch_sampler_shards_the_one_process_batches():
 def test_cli_nproc_runs_torchrun_and_only_rank0_writes(tmp_path):
     out = tmp_path / "m.dcc"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    pipeline = "prune{sparsity=0.9},retrain{epochs=0.5,lr=0.05},cluster{bits=4}"
     r = subprocess.run([sys.executable, "-m", "dccomp.cli", "compress", "lenet-300-100", "--random-weights",
-                        "--data", "digits", "--pipeline", "prune{sparsity=0.9},retrain{epochs=0.5,lr=0.05},cluster{bits=4}",
-                        "--out", str(out), "--no-progress", "--nproc", "2"],
+                        "--data", "digits", "--pipeline", pipeline, "--out", str(out), "--no-progress", "--nproc", "2"],
                        capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert out.exists() and [p.name for p in tmp_path.iterdir() if p.suffix == ".dcc"] == ["m.dcc"]

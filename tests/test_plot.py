@@ -121,3 +121,11 @@ def test_out_folder_rules(files, tmp_path):
     assert [p.name for p in written] == EXPECTED
     assert sorted(os.listdir(out)) == sorted(EXPECTED)
     assert (out / "fc1.weight.png").stat().st_size > 20_000
+
+
+def test_missing_matplotlib_says_how_to_install(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("dccomp.plot.available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(files[0]), "--out", str(tmp_path / "o")])
+    assert e.value.code == 2 and "pip install 'dccomp[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
