@@ -34,18 +34,20 @@ def _run(out_path: str | None) -> dict:
                       "indices": w.indices} for w in c.ir.weights.values()}
     state["bias"] = {n: p.detach().clone() for n, p in c.ir.gm.named_parameters() if n.endswith("bias")}
     res = {"state": state, "accuracy": trainer.evaluate(c)["accuracy"], "records": c.records,
-           "world": dist.world(), "batches": _fit_on_batches()}
+           "world": dist.world(), "batches": _fit_on_batches(), "batchnorm": _fit_on_batches(batchnorm=True)}
     if out_path:
         torch.save(res, out_path)
     return res
 
 
-def _fit_on_batches() -> dict[str, torch.Tensor]:
-    """Trainer.fit on a plain list of (x, y) batches (each batch cut per rank; sizes 16, ..., 16, 5)."""
+def _fit_on_batches(batchnorm: bool = False) -> dict[str, torch.Tensor]:
+    """Trainer.fit on a plain list of (x, y) batches (each batch cut per rank; sizes 16, ..., 16, 5); with
+    ``batchnorm`` the model has a BatchNorm1d (statistics per shard, taken from rank 0 after each step)."""
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(85, 12, generator=g), torch.randint(0, 3, (85,), generator=g)
     torch.manual_seed(2)
-    m = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    m = torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.BatchNorm1d(16) if batchnorm else torch.nn.Identity(),
+                            torch.nn.ReLU(), torch.nn.Linear(16, 3))
     dccomp.Trainer([(x[i:i + 16], y[i:i + 16]) for i in range(0, 85, 16)]).fit(m, m.parameters(), epochs=2, lr=0.1)
     return {k: v.detach().clone() for k, v in m.state_dict().items()}
 
@@ -55,6 +57,13 @@ def _worker(rank: int, world_size: int, folder: str) -> None:
                                          world_size=world_size)
     try:
         _run(os.path.join(folder, f"rank{rank}.pt"))
+        try:  # the replication check can fail: a tensor that differs between the ranks
+            dist.check_replicated({"same": torch.ones(3), "differs": torch.full((3,), float(rank))})
+            msg = "no error"
+        except RuntimeError as e:
+            msg = str(e)
+        with open(os.path.join(folder, f"check{rank}.txt"), "w") as fh:
+            fh.write(msg)
     finally:
         torch.distributed.destroy_process_group()
 
@@ -64,6 +73,9 @@ def runs(tmp_path_factory):
     folder = str(tmp_path_factory.mktemp("ddp"))
     mp.spawn(_worker, args=(2, folder), nprocs=2, join=True)
     ranks = [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+    for r in range(2):
+        with open(os.path.join(folder, f"check{r}.txt")) as fh:
+            ranks[r]["check"] = fh.read()
     return ranks, _run(None)
 
 
@@ -78,8 +90,12 @@ def test_ranks_hold_identical_weights_masks_and_codebooks(runs):
         for key in ("weight", "mask", "codebook", "indices"):
             assert torch.equal(s0[key], r1["state"][name][key]), f"{name} {key} differs between ranks"
     assert r0["accuracy"] == r1["accuracy"]
-    for k, v in r0["batches"].items():
-        assert torch.equal(v, r1["batches"][k]), k
+    for r in (r0, r1):
+        assert "differs differ between ranks" in r["check"] and "same" not in r["check"].split("differ")[0]
+    for key in ("batches", "batchnorm"):
+        for k, v in r0[key].items():
+            assert torch.equal(v, r1[key][k]), k
+    assert int(r0["batchnorm"]["1.num_batches_tracked"]) == 12  # 2 epochs x 6 batches
 
 
 def test_distributed_equals_one_process_within_tolerance(runs):
