@@ -48,11 +48,15 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
     recipe = dict(DENSE_RECIPE, epochs=epochs or DENSE_RECIPE["epochs"])
     key = hashlib.sha256(repr((model_name, data, sorted(recipe.items()), seed)).encode()).hexdigest()[:12]
     path = cache_dir() / f"dense-{model_name}-{data}-{key}.dcc"
+    loaded = False
     if path.exists():
         try:
-            return load(path, model), True
+            loaded = load(path, model) is model
         except (ValueError, OSError):
             path.unlink(missing_ok=True)  # a corrupt cache is rebuilt, never trusted
+    # under torch.distributed the ranks train together unless every one read the cache (no shared file system)
+    if dist.all_reduce_sum([float(loaded)])[0] == dist.world()[1]:
+        return model, True
     torch.manual_seed(seed)
     trainer.fit(model, model.parameters(), epochs=recipe["epochs"], lr=recipe["lr"], momentum=recipe["momentum"],
                 weight_decay=recipe["weight_decay"], progress=progress, seed=seed, schedule=recipe["schedule"])
@@ -73,10 +77,9 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
         dict with ``dense_accuracy``, ``compressed_accuracy`` (in memory), ``reloaded_accuracy`` (from the file),
         ``file_bytes``, ``ratio``, ``report`` (SizeReport), ``stages`` (file size after each pass), ``timing``,
         ``records`` (per-pass measurements), ``out`` (path), ``dense_model`` (the dense baseline module).
-        ``dump_ir``: folder for the IR text after each
-        pass; ``log``: one line per pass on stderr; ``overwrite``: see :func:`dccomp.save`. Under
-        ``torch.distributed`` every rank retrains its shard (:mod:`dccomp.dist`) and only rank 0 writes files;
-        the other ranks return only ``compressed_accuracy``.
+        ``dump_ir``: folder for the IR text after each pass; ``log``: one line per pass on stderr;
+        ``overwrite``: see :func:`dccomp.save`. Under ``torch.distributed`` every rank retrains its shard
+        (:mod:`dccomp.dist`) and only rank 0 writes files; the other ranks return only ``compressed_accuracy``.
 
     Raises:
         DatasetNotFoundError: the data set is not installed (message gives the install command).

@@ -6,8 +6,9 @@ DDP or AMP): ``step_fn(module, batch, optimizer) -> float loss`` must run forwar
 step, so they hold whatever the step does.
 
 Under ``torch.distributed`` (a process group of more than one rank, e.g. launched with ``torchrun``),
-:meth:`Trainer.fit` trains data-parallel: each rank takes its shard of every global batch and gradients are all-reduced before each
-step, so all ranks keep identical weights (:mod:`dccomp.dist`). Evaluation runs whole on every rank.
+:meth:`Trainer.fit` trains data-parallel: each rank takes its shard of every global batch and gradients are
+all-reduced before each step, so all ranks keep identical weights (:mod:`dccomp.dist`). Evaluation runs whole on
+every rank.
 """
 from __future__ import annotations
 
