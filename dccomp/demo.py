@@ -119,4 +119,4 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
             "reloaded_accuracy": re_acc, "file_bytes": nbytes, "dense_fp32_bytes": compiled.ir.dense_nbytes(),
             "ratio": compiled.ir.dense_nbytes() / nbytes, "report": report, "stages": sizes.rows,
             "timing": timing.rows, "records": compiled.records, "out": str(out), "ir": str(compiled.ir),
-            "seconds": time.perf_counter() - t0, "dense_model": dense}
+            "seconds": time.perf_counter() - t0, "dense_model": dense, "ranks": dist.world()[1]}
