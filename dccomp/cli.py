@@ -87,7 +87,7 @@ def _load_weights(model: Any, path: str | None) -> None:
         return
     import torch
 
-    from .format import load
+    from . import load
 
     if not os.path.exists(path):
         _fail(f"weights file {path!r} does not exist")
@@ -278,7 +278,7 @@ def cmd_compress(a: argparse.Namespace) -> None:
 
     from . import compile, save
     from .data import DATASETS, get_dataset
-    from .format import load
+    from . import load
     from .instruments import DumpIR, Progress, SizeTracker, StageLog, Timing
     from .train import Trainer
 
@@ -326,13 +326,11 @@ def cmd_compress(a: argparse.Namespace) -> None:
 
 
 def cmd_inspect(a: argparse.Namespace) -> None:
-    from .container import read_container
-    from .format import DccFile
-    from .report import report_from_manifest
+    from . import load
 
-    f = DccFile(read_container(a.file))
+    f = load(a.file)
     sizes = {s.name: s.length for s in f.container.sections}
-    rep = report_from_manifest(f.meta, sizes, f.file_size)
+    rep = f.report()
     if a.json:
         _print_json({"model": f.meta.get("model"), "tensors": f.meta["tensors"], "report": rep}, a.json)
         return
@@ -354,11 +352,9 @@ def cmd_inspect(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from .data import get_dataset
-    from .format import load
+    from . import load
+    from .data import DATASETS, get_dataset
     from .train import Trainer
-
-    from .data import DATASETS
 
     model = _load_user_model(a.model, a.data)
     load(a.file, model)
@@ -376,9 +372,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def cmd_build(a: argparse.Namespace) -> None:
     import torch
 
-    from . import compile
+    from . import load_compiled
     from .data import DATASETS
-    from .format import load
     from .registry import get_backend
 
     if a.data and a.input_shape:
@@ -386,29 +381,14 @@ def cmd_build(a: argparse.Namespace) -> None:
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         _fail(f"--out {a.out!r} is a file; build writes a folder (the .so library and its .json): give a folder")
     model = _load_user_model(a.model, a.data)
-    load(a.file, model)
     shape = a.input_shape or DATASETS[a.data or "fashion-mnist"].input_shape
     _check_model_runs(model, shape, a.model, "--input-shape" if a.input_shape else
                       f"{a.data or 'fashion-mnist'} images; pass --input-shape for other inputs")
     ex = torch.zeros(a.batch, *shape)
-    ir = compile(model, "", example_inputs=ex).ir
-    _attach_compressed_state(ir, a.file)
-    files = get_backend("tvm")().export(ir, a.out, target=a.target, example_inputs=ex)
+    compiled = load_compiled(a.file, model, example_inputs=ex)  # the file's masks, codebooks and coded streams
+    files = get_backend("tvm")().export(compiled.ir, a.out, target=a.target, example_inputs=ex)
     for p in files:
         print(p)
-
-
-def _attach_compressed_state(ir: Any, path: str) -> None:
-    """Give the IR's weights the masks, codebooks and indices stored in the file (for compressed kernels)."""
-    from .format import load
-
-    f = load(path)
-    for w in ir.weights.values():
-        if w.name in f.names:
-            _, mask, codebook, indices = f.decode(w.name)
-            w.mask, w.codebook, w.indices = mask, codebook, indices
-            if codebook is not None:
-                w.bits = max(1, (max(int(codebook.numel()), 2) - 1).bit_length())
 
 
 def cmd_passes(a: argparse.Namespace) -> None:
