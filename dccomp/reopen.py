@@ -74,7 +74,10 @@ def attach_file_state(ir: IR, f: DccFile) -> None:
         e = in_file[name]
         _, mask, codebook, indices = f.decode(name)
         w.mask, w.codebook, w.indices = mask, codebook, indices
-        w.bits = e.get("bits") if codebook is not None else None
+        w.bits = None
+        if codebook is not None:  # the bits the cluster pass recorded, else the least that index k centroids
+            k = int(codebook.shape[-1])
+            w.bits = e.get("bits") if type(e.get("bits")) is int else max(1, (max(k, 2) - 1).bit_length())
         w.coded = None
         if _is_coded(e):
             meta = copy.deepcopy(e["meta"])
