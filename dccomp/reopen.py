@@ -50,7 +50,8 @@ def attach_file_state(ir: IR, f: DccFile) -> None:
     ``(k,)``, or ``(G, k)`` per-channel), cluster indices (int64, weight-shaped), ``bits``, and -- when the
     file's entry is entropy-coded -- a :class:`~dccomp.ir.Coded` holding the very streams and meta of the file,
     so the weight is in state ``coded`` and :func:`dccomp.save` writes the same bytes again. ``ir.name`` and
-    ``ir.folded`` are taken from the manifest.
+    ``ir.folded`` are taken from the manifest; in a file with entropy-coded weights, the weights stored
+    unclustered are marked skipped (``ir.skipped``), as the pass that left them so had done.
 
     Raises:
         ValueError: the weights dccomp finds compressible in ``ir`` are not the file's weights (different names
@@ -85,6 +86,12 @@ def attach_file_state(ir: IR, f: DccFile) -> None:
             fillers = gaps["n"] - meta["nnz"] if isinstance(gaps, dict) and "n" in gaps else 0
             streams = {s: bytes(f.container.section(f"{name}/{s}")) for s in e["streams"]}
             w.coded = Coded(e["coder"], e["index_bits"], streams, meta, int(fillers))
+    if any(w.coded is not None for w in ir.weights.values()):
+        # entropy-code runs only when every weight is clustered or was skipped on purpose (cluster{exclude=});
+        # files do not list the skipped ones, but in a coded file every unclustered weight must be one
+        for w in ir.weights.values():
+            if w.codebook is None:
+                ir.skipped[w.name] = "left unclustered by the pipeline that wrote the file"
     if isinstance(f.meta.get("model"), str):
         ir.name = f.meta["model"]
     ir.folded = dict(f.meta.get("folded") or {})
@@ -118,7 +125,7 @@ def load_compiled(path: str | os.PathLike | bytes, model: nn.Module, *,
 
     Returns:
         CompiledModel in eval mode; its weights are in the states the file stores them in: ``coded`` for
-        entropy-coded weights, else ``clustered``, ``masked`` or ``dense``. (``ir.skipped`` is not stored in files.)
+        entropy-coded weights, else ``clustered``, ``masked`` or ``dense``.
 
     Raises:
         FormatError: the file is malformed. TypeError: ``model`` is not an ``nn.Module``. ValueError: the file's
