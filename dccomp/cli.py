@@ -145,16 +145,18 @@ def _check_out(path: str, force: bool = False) -> None:
         _fail(f"--out: {e}".replace("overwrite=True (CLI: --force)", "--force"))
 
 
-def _parse_pipeline(text: str, have_data: bool, passes: list | None = None) -> list:
-    """The pipeline's passes (``passes``, or parsed from ``text``) before any work; fails if a pass trains and no
-    --data was given."""
+def _parse_pipeline(text: str, have_data: bool, passes: list | None = None, recipe: str | None = None) -> list:
+    """The pipeline's passes (``passes`` of ``recipe``, or parsed from ``text``) before any work; fails if a pass
+    trains and no --data was given."""
     from .manager import resolve_passes
 
     passes = resolve_passes(text) if passes is None else passes
     trains = [f"'{p}'" for p in passes if p.needs_training_data()]
     if trains and not have_data:
-        _fail(f"--pipeline {text!r}: {', '.join(trains)} retrains the model, which needs training data: add "
-              "--data (fashion-mnist or digits), or remove the retraining passes (retrain, prune with steps>1 "
+        where = f"--recipe {recipe!r}" if recipe else f"--pipeline {text!r}"
+        data = "--data (or 'data:' under the recipe's 'training:')" if recipe else "--data"
+        _fail(f"{where}: {', '.join(trains)} retrains the model, which needs training data: add "
+              f"{data} (fashion-mnist or digits), or remove the retraining passes (retrain, prune with steps>1 "
               "and epochs>0) from the pipeline")
     return passes
 
@@ -277,9 +279,8 @@ def cmd_demo(a: argparse.Namespace) -> None:
 def cmd_compress(a: argparse.Namespace) -> None:
     import torch
 
-    from . import compile, save
+    from . import compile, load, save
     from .data import DATASETS, get_dataset
-    from . import load
     from .instruments import DumpIR, Progress, SizeTracker, StageLog, Timing
     from .recipe import TrainingSettings
     from .train import Trainer
@@ -289,7 +290,7 @@ def cmd_compress(a: argparse.Namespace) -> None:
     if a.data and a.input_shape:
         _fail("give --data (its examples fix the input shape) or --input-shape, not both")
     recipe = _apply_recipe(a)
-    passes = _parse_pipeline(a.pipeline, bool(a.data), recipe.passes if recipe else None)
+    passes = _parse_pipeline(a.pipeline, bool(a.data), recipe.passes if recipe else None, a.recipe)
     model = _load_user_model(a.model, a.data)
     if a.weights is None and not a.random_weights:
         _fail("no --weights given: dccomp would compress the model's random initial weights (a useless model). "
