@@ -99,19 +99,23 @@ class Retrain(Pass):
     the summed gradient of their cluster (Eq. 3); biases and BatchNorm train normally. Needs training data;
     refuses entropy-coded weights. Records accuracy on the eval data when there is some.
 
-    Options: ``epochs`` (may be fractional), ``lr`` (paper: 1/10 of the original rate for LeNet),
-    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum``, ``weight_decay``, ``centroid_lr`` (defaults to lr),
+    Options: ``epochs`` (passes over the training data; may be fractional), ``lr`` (learning rate; paper: 1/10
+    of the original rate for LeNet),
+    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum`` (SGD momentum), ``weight_decay`` (L2 penalty),
+    ``centroid_lr`` (defaults to lr),
     ``schedule`` (``constant`` learning rate, or ``cosine`` decay over the epochs), ``freeze_bn`` (BatchNorm
-    stays in eval mode: running statistics neither used from the batch nor updated).
+    stays in eval mode: running statistics neither used from the batch nor updated), ``evaluate`` (measure
+    accuracy on the eval data afterwards).
 
     Distillation (Hinton et al. 2015), with the uncompressed model as teacher (``ctx.teacher``, a frozen copy
     ``dccomp.compile`` keeps from before the pipeline): ``distill=alpha`` in [0, 1] trains on
     ``alpha * KD + (1 - alpha) * CE(labels)``; ``distill=1`` needs no labels (train data may be inputs only: a
     tensor, a ``Dataset`` or ``DataLoader`` of inputs). ``distill_loss``: ``kl`` (KL divergence of the
-    temperature-softened outputs, scaled by T**2; ``temperature=T``) or ``mse`` (outputs / embeddings).
+    temperature-softened outputs, scaled by T**2) or ``mse`` (outputs / embeddings); ``temperature`` (T, the
+    softmax temperature of ``kl``).
     Models taking keyword inputs get batches that are dicts of tensors (``model(**batch)``, e.g. a Hugging Face
-    encoder's ``input_ids``/``attention_mask``); for models returning a dict, tuple or ``ModelOutput``,
-    ``distill_output`` names the entry compared (e.g. ``last_hidden_state``; default: the first tensor).
+    encoder's ``input_ids``/``attention_mask``); ``distill_output`` (the entry of a dict, tuple or ``ModelOutput``
+    output that distillation compares, e.g. ``last_hidden_state``; default: the first tensor).
     With distillation, the eval data's inputs give, for ``kl``, ``eval_agreement`` (top-1 agreement with the
     teacher) and ``eval_kl`` (mean KL(teacher || student), nats); for ``mse``, ``eval_cosine`` (mean cosine
     similarity of the compared output's last-dim vectors to the teacher's) and ``eval_mse``.
