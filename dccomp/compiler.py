@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 import os
 from typing import Any, Callable, Iterable, Sequence
 
@@ -158,7 +159,9 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     if teacher is None and any(getattr(p, "needs_teacher", False) for p in manager.passes):
         teacher = ir.gm
     if teacher is not None:
-        teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments), teacher=teacher)
     torch.manual_seed(seed)
     ir = manager.run(ir, ctx)

@@ -96,7 +96,7 @@ def test_distillation_with_keyword_inputs_and_dict_outputs(form):
                          "epochs=15,lr=0.01,optimizer=adam,weight_decay=0}", train_data=data, eval_data=ev, **kw)
     with torch.no_grad():
         ref = model(**ev)["last_hidden_state"]
-        err = lambda m: float(nn.functional.mse_loss(m(**ev)["last_hidden_state"], ref))  # noqa: E731
+        err = lambda m: float(nn.functional.mse_loss(m(**ev)["last_hidden_state"].detach(), ref))  # noqa: E731
         assert err(out) < 0.7 * err(base)
     rec = out.records["retrain#2"]
     assert rec["eval_mse"] == pytest.approx(err(out), rel=1e-4) and rec["eval_cosine"] > 0.5
