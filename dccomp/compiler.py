@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import copy
-import warnings
 import os
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
