@@ -132,16 +132,34 @@ def _export_error(e: BaseException) -> str:
     return " ".join(keep[:4])[:600] or type(e).__name__
 
 
-def _export_batch_dynamic(export, args: tuple):
-    """Export with the leading (batch) dimension of every input dynamic (``Dim.AUTO``), so the captured model
-    runs at any batch size like the user's module; ``None`` if the model does not allow it (then the caller
-    exports with static shapes). A batch of 1 is doubled for the capture only: torch.export specializes
-    size-1 dimensions."""
-    if not args or not all(isinstance(a, torch.Tensor) and a.dim() >= 1 for a in args):
+def _export_batch_dynamic(export, model: nn.Module, args: tuple, kwargs: dict[str, Any]):
+    """Export with the leading (batch) dimension of every tensor input, positional or keyword, dynamic
+    (``Dim.AUTO``), so the captured model runs at any batch size like the user's module; ``None`` if the model
+    does not allow it (then the caller exports with static shapes). A batch of 1 is doubled for the capture
+    only: torch.export specializes size-1 dimensions."""
+    tensors = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
+    if not tensors or any(a.dim() == 0 for a in tensors) or not all(isinstance(a, torch.Tensor) for a in args):
         return None
-    wide = tuple(torch.cat([a, a]) if a.shape[0] == 1 else a for a in args)
+    batch = {int(a.shape[0]) for a in tensors}
+    if len(batch) != 1:  # inputs with different leading dims: not one batch dimension
+        return None
+    wide = (lambda a: torch.cat([a, a]) if isinstance(a, torch.Tensor) and a.shape[0] == 1 else a)
+    spec = (lambda a: {0: torch.export.Dim.AUTO} if isinstance(a, torch.Tensor) else None)
     try:
-        return export(wide, tuple({0: torch.export.Dim.AUTO} for _ in args))
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+    except (TypeError, ValueError):
+        return None
+    dyn = {}
+    for name, value in bound.arguments.items():
+        kind = inspect.signature(model.forward).parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            dyn[name] = {k: spec(v) for k, v in value.items()}
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            dyn[name] = tuple(spec(v) for v in value)
+        else:
+            dyn[name] = spec(value)
+    try:
+        return export(tuple(wide(a) for a in args), dyn, {k: wide(v) for k, v in kwargs.items()})
     except Exception:  # noqa: BLE001 - a model with a fixed batch size: static capture instead
         return None
 
@@ -150,7 +168,8 @@ def export_capture(model: nn.Module, args: tuple, kwargs: dict[str, Any], dynami
                    ) -> fx.GraphModule:
     """Capture ``model`` (put in eval mode) with ``torch.export.export(..., strict=False)`` and return
     ``ExportedProgram.module()``, whose parameters keep their qualified names. Without ``dynamic_shapes`` (and
-    with positional inputs only) the batch dimension is captured dynamic when the model allows it.
+    when all tensor inputs share their first dimension) the batch dimension is captured dynamic when the model
+    allows it.
 
     Raises:
         TracingError: no example inputs, export failed (its message, shortened), or the captured module's
@@ -162,14 +181,14 @@ def export_capture(model: nn.Module, args: tuple, kwargs: dict[str, Any], dynami
                            "...) and/or example_kwargs={name: tensor} (for the CLI: --input-shape or --data)")
     model.eval()
 
-    def export(a, dyn):
+    def export(a, dyn, kw=kwargs):
         with warnings.catch_warnings():  # RNN modules re-assign _flat_weights during export (harmless)
             warnings.filterwarnings("ignore", message=r"The tensor attributes .*were assigned during export")
-            return torch.export.export(model, tuple(a), kwargs=dict(kwargs) or None, strict=False,
+            return torch.export.export(model, tuple(a), kwargs=dict(kw) or None, strict=False,
                                        dynamic_shapes=dyn)
 
     try:
-        ep = _export_batch_dynamic(export, args) if dynamic_shapes is None and not kwargs else None
+        ep = _export_batch_dynamic(export, model, args, kwargs) if dynamic_shapes is None else None
         if ep is None:
             ep = export(args, dynamic_shapes)
     except Exception as e:  # export raises many types; all mean "this model/input cannot be exported"

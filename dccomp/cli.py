@@ -89,7 +89,7 @@ def _load_weights(model: Any, path: str | None) -> None:
         return
     import torch
 
-    from .format import load
+    from . import load
 
     if not os.path.exists(path):
         _fail(f"weights file {path!r} does not exist")
@@ -147,15 +147,18 @@ def _check_out(path: str, force: bool = False) -> None:
         _fail(f"--out: {e}".replace("overwrite=True (CLI: --force)", "--force"))
 
 
-def _parse_pipeline(text: str, have_data: bool) -> list:
-    """The pipeline's passes, parsed before any work; fails if a pass trains and no --data was given."""
+def _parse_pipeline(text: str, have_data: bool, passes: list | None = None, recipe: str | None = None) -> list:
+    """The pipeline's passes (``passes`` of ``recipe``, or parsed from ``text``) before any work; fails if a pass
+    trains and no --data was given."""
     from .manager import resolve_passes
 
-    passes = resolve_passes(text)
+    passes = resolve_passes(text) if passes is None else passes
     trains = [f"'{p}'" for p in passes if p.needs_training_data()]
     if trains and not have_data:
-        _fail(f"--pipeline {text!r}: {', '.join(trains)} retrains the model, which needs training data: add "
-              "--data (fashion-mnist or digits), or remove the retraining passes (retrain, prune with steps>1 "
+        where = f"--recipe {recipe!r}" if recipe else f"--pipeline {text!r}"
+        data = "--data (or 'data:' under the recipe's 'training:')" if recipe else "--data"
+        _fail(f"{where}: {', '.join(trains)} retrains the model, which needs training data: add "
+              f"{data} (fashion-mnist or digits), or remove the retraining passes (retrain, prune with steps>1 "
               "and epochs>0) from the pipeline")
     return passes
 
@@ -304,17 +307,18 @@ def _demo_plots(r: dict[str, Any], quiet: bool) -> None:
 def cmd_compress(a: argparse.Namespace) -> None:
     import torch
 
-    from . import compile, save
+    from . import compile, load, save
     from .data import DATASETS, get_dataset
-    from .format import load
     from .instruments import DumpIR, Progress, SizeTracker, StageLog, Timing
+    from .recipe import TrainingSettings
     from .train import Trainer
 
     t0 = time.perf_counter()
     _check_out(a.out, a.force)
     if a.data and a.input_shape:
         _fail("give --data (its examples fix the input shape) or --input-shape, not both")
-    passes = _parse_pipeline(a.pipeline, bool(a.data))
+    recipe = _apply_recipe(a)
+    passes = _parse_pipeline(a.pipeline, bool(a.data), recipe.passes if recipe else None, a.recipe)
     model = _load_user_model(a.model, a.data)
     if a.weights is None and not a.random_weights:
         _fail("no --weights given: dccomp would compress the model's random initial weights (a useless model). "
@@ -326,7 +330,9 @@ def cmd_compress(a: argparse.Namespace) -> None:
     trainer = None
     shape = None
     if a.data:
-        trainer = Trainer(get_dataset(a.data, "train", a.data_root), get_dataset(a.data, "test", a.data_root))
+        t = recipe.training if recipe else TrainingSettings()
+        trainer = Trainer(get_dataset(a.data, "train", a.data_root), get_dataset(a.data, "test", a.data_root),
+                          batch_size=t.batch_size, eval_batch_size=t.eval_batch_size, max_batches=t.max_batches)
         shape = DATASETS[a.data].input_shape
     elif a.input_shape:
         shape = a.input_shape
@@ -343,7 +349,8 @@ def cmd_compress(a: argparse.Namespace) -> None:
     if not main_rank:
         return
     nbytes = save(compiled, a.out, overwrite=a.force)
-    r: dict[str, Any] = {"model": a.model, "data": a.data, "pipeline": a.pipeline, "dense_accuracy": dense_acc,
+    r: dict[str, Any] = {"model": a.model, "data": a.data, "pipeline": a.pipeline, "recipe": a.recipe,
+                         "dense_accuracy": dense_acc,
                          "compressed_accuracy": None, "reloaded_accuracy": None}
     if trainer:
         r["compressed_accuracy"] = trainer.evaluate(compiled)["accuracy"]
@@ -357,14 +364,43 @@ def cmd_compress(a: argparse.Namespace) -> None:
     _summary(r, a.json, f"{a.weights} as given" if a.weights else "random initial weights (--random-weights)")
 
 
-def cmd_inspect(a: argparse.Namespace) -> None:
-    from .container import read_container
-    from .format import DccFile
-    from .report import report_from_manifest
+def _apply_recipe(a: argparse.Namespace) -> Any:
+    """Read ``--recipe`` (or check ``--pipeline``) and fill the arguments the command line left out from it:
+    MODEL, --data/--data-root (unless --input-shape), --input-shape, --seed, --verify, and --pipeline (the
+    recipe's pipeline text). Returns the recipe, or ``None`` without one."""
+    from . import load_recipe
 
-    f = DccFile(read_container(a.file))
+    if a.recipe and a.pipeline:
+        _fail("give --pipeline or --recipe, not both")
+    if not a.recipe:
+        if not a.pipeline:
+            _fail("give the passes: --pipeline TEXT (e.g. 'prune{sparsity=0.9},cluster{bits=5},huffman') or "
+                  "--recipe FILE.yaml")
+        a.seed, a.verify = a.seed or 0, bool(a.verify)
+        if not a.model:
+            _fail("give MODEL: lenet-300-100, lenet-5 or module:Class")
+        return None
+    recipe = load_recipe(a.recipe)
+    t = recipe.training
+    a.pipeline = recipe.pipeline_text()
+    a.model = a.model or recipe.model
+    if not a.model:
+        _fail(f"give MODEL (lenet-300-100, lenet-5 or module:Class): recipe {a.recipe!r} names no model")
+    if not a.input_shape:
+        a.data = a.data or t.data
+        a.input_shape = None if a.data else (tuple(t.input_shape) if t.input_shape else None)
+    a.data_root = a.data_root or t.data_root
+    a.seed = t.seed if a.seed is None else a.seed
+    a.verify = t.verify if a.verify is None else a.verify
+    return recipe
+
+
+def cmd_inspect(a: argparse.Namespace) -> None:
+    from . import load
+
+    f = load(a.file)
     sizes = {s.name: s.length for s in f.container.sections}
-    rep = report_from_manifest(f.meta, sizes, f.file_size)
+    rep = f.report()
     if a.json:
         _print_json({"model": f.meta.get("model"), "tensors": f.meta["tensors"], "report": rep}, a.json)
         return
@@ -386,11 +422,9 @@ def cmd_inspect(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from .data import get_dataset
-    from .format import load
+    from . import load
+    from .data import DATASETS, get_dataset
     from .train import Trainer
-
-    from .data import DATASETS
 
     model = _load_user_model(a.model, a.data)
     load(a.file, model)
@@ -408,9 +442,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def cmd_build(a: argparse.Namespace) -> None:
     import torch
 
-    from . import compile
+    from . import load_compiled
     from .data import DATASETS
-    from .format import load
     from .registry import get_backend
 
     if a.data and a.input_shape:
@@ -418,29 +451,14 @@ def cmd_build(a: argparse.Namespace) -> None:
     if os.path.exists(a.out) and not os.path.isdir(a.out):
         _fail(f"--out {a.out!r} is a file; build writes a folder (the .so library and its .json): give a folder")
     model = _load_user_model(a.model, a.data)
-    load(a.file, model)
     shape = a.input_shape or DATASETS[a.data or "fashion-mnist"].input_shape
     _check_model_runs(model, shape, a.model, "--input-shape" if a.input_shape else
                       f"{a.data or 'fashion-mnist'} images; pass --input-shape for other inputs")
     ex = torch.zeros(a.batch, *shape)
-    ir = compile(model, "", example_inputs=ex).ir
-    _attach_compressed_state(ir, a.file)
-    files = get_backend("tvm")().export(ir, a.out, target=a.target, example_inputs=ex)
+    compiled = load_compiled(a.file, model, example_inputs=ex)  # the file's masks, codebooks and coded streams
+    files = get_backend("tvm")().export(compiled.ir, a.out, target=a.target, example_inputs=ex)
     for p in files:
         print(p)
-
-
-def _attach_compressed_state(ir: Any, path: str) -> None:
-    """Give the IR's weights the masks, codebooks and indices stored in the file (for compressed kernels)."""
-    from .format import load
-
-    f = load(path)
-    for w in ir.weights.values():
-        if w.name in f.names:
-            _, mask, codebook, indices = f.decode(w.name)
-            w.mask, w.codebook, w.indices = mask, codebook, indices
-            if codebook is not None:
-                w.bits = max(1, (max(int(codebook.numel()), 2) - 1).bit_length())
 
 
 def cmd_plot(a: argparse.Namespace) -> None:
@@ -454,13 +472,19 @@ def cmd_plot(a: argparse.Namespace) -> None:
 
 
 def cmd_passes(a: argparse.Namespace) -> None:
+    from .passdoc import describe_options
     from .registry import available_backends, available_passes, get_pass, NamedPipeline
 
     for name in available_passes():
         obj = get_pass(name)
         doc = obj.doc if isinstance(obj, NamedPipeline) else " ".join(
-            (obj.__doc__ or "").strip().split("\n\n")[0].split())  # the docstring's first paragraph
+            (obj.__doc__ or "").replace("``", "").strip().split("\n\n")[0].split())  # the docstring's first paragraph
         print(f"{name:<18} {doc}")
+        if isinstance(obj, NamedPipeline):
+            print(f"    = {obj.text}")
+            continue
+        for o in describe_options(obj):
+            print(f"    {o.name:<15} {o.type:<17} = {o.default:<9} {o.meaning or '(undocumented)'}")
     print("backends: " + ", ".join(available_backends()))
 
 
@@ -513,17 +537,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compress", parents=[common], help="compress a model: built-in name or module:Class + weights")
-    c.add_argument("model", help="lenet-300-100, lenet-5 or module:Class")
+    c.add_argument("model", nargs="?", help="lenet-300-100, lenet-5 or module:Class (default: the recipe's model)")
     c.add_argument("--weights", help="state_dict file (.pt, loaded with weights_only=True) or .dcc (required "
                                      "unless --random-weights)")
     c.add_argument("--random-weights", action="store_true", help="compress the model's random initial weights")
     data_args(c)
     c.add_argument("--input-shape", type=_shape, help="per-example input shape, e.g. 1,28,28 (when no --data)")
-    c.add_argument("--pipeline", required=True)
+    c.add_argument("--pipeline", help="pipeline text or a named pipeline (or give --recipe)")
+    c.add_argument("--recipe", metavar="FILE.yaml", help="recipe: pipeline with per-layer options and training "
+                                                          "settings; arguments given here override its settings")
     c.add_argument("--out", required=True)
     c.add_argument("--force", action="store_true", help="replace --out even if it is not a .dcc file")
-    c.add_argument("--verify", action="store_true")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--verify", action="store_true", default=None)
+    c.add_argument("--seed", type=int, help="base random seed (default 0, or the recipe's)")
     c.add_argument("--json", metavar="PATH")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")

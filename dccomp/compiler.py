@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -96,9 +97,9 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
             example_kwargs: dict[str, Any] | None = None, capture: str = "auto", dynamic_shapes: Any = None,
             concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
             backend: str = "torch", target: Any = None, train_data: Any = None, eval_data: Any = None,
-            loss: Callable | None = None, trainer: Trainer | None = None, verify: bool = False,
-            instruments: Sequence[Any] = (), seed: int = 0, backend_options: dict | None = None,
-            teacher: nn.Module | None = None) -> CompiledModel:
+            loss: Callable | None = None, trainer: Trainer | None = None, verify: bool | None = None,
+            instruments: Sequence[Any] = (), seed: int | None = None, backend_options: dict | None = None,
+            teacher: nn.Module | None = None, recipe: str | os.PathLike | Any = None) -> CompiledModel:
     """Compress ``model`` with ``passes`` and lower it with ``backend``.
 
     Args:
@@ -116,11 +117,15 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
         backend: registered backend name (``torch``, ``tvm``); ``target`` and ``backend_options`` go to it.
         train_data, eval_data, loss: data for ``retrain`` (Dataset, DataLoader, batches, or ``(X, y)``);
             or give a ready ``trainer``.
-        verify: run the IR verifier before and after every pass.
+        verify: run the IR verifier before and after every pass (default: no, or the recipe's ``verify``).
         instruments: instrument objects (see :mod:`dccomp.instruments`).
-        seed: base seed; the same inputs and seed give the same compressed model and file bytes.
+        seed: base seed (default 0, or the recipe's); the same inputs and seed give the same compressed model and
+            file bytes.
         teacher: model to distil from (``retrain{distill=...}``); by default a frozen copy of the model as it
             was before the pipeline, made only when a pass needs one. A given teacher is copied, not modified.
+        recipe: a recipe file (YAML) or :class:`dccomp.recipe.Recipe` instead of ``passes``: its pipeline, and its
+            training settings (``data``, ``batch_size``, ``seed``, ``verify``, ...) where the call gives none;
+            see :func:`dccomp.recipe.recipe_compile_settings`.
 
     Under ``torch.distributed`` (more than one rank; every rank calls ``compile`` with the same arguments) a
     pipeline that retrains runs data-parallel: rank 0's model is copied to all ranks first, each rank trains on
@@ -133,9 +138,18 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
         Its IR (and file) holds the model's whole ``state_dict``, entries the forward pass never reads included.
 
     Raises:
-        TracingError, PassError, PipelineSyntaxError, RegistryError, VerificationError: see their docs; on any
-        error the user's model is left as it was.
+        TracingError, PassError, PipelineSyntaxError, RegistryError, VerificationError, RecipeError: see their
+        docs; on any error the user's model is left as it was. TypeError: both ``passes`` and ``recipe``.
     """
+    if recipe is not None:
+        from .recipe import recipe_compile_settings
+
+        r = recipe_compile_settings(recipe, passes, example_inputs=example_inputs, example_kwargs=example_kwargs,
+                                    train_data=train_data, eval_data=eval_data, loss=loss, trainer=trainer,
+                                    seed=seed, verify=verify)
+        passes, example_inputs, trainer, seed, verify = (r["passes"], r["example_inputs"], r["trainer"], r["seed"],
+                                                         r["verify"])
+    seed, verify = (0 if seed is None else seed), bool(verify)
     if isinstance(model, CompiledModel):
         model.sync_state()
         ir = model.ir.clone()
@@ -154,7 +168,9 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     if teacher is None and any(getattr(p, "needs_teacher", False) for p in manager.passes):
         teacher = ir.gm
     if teacher is not None:
-        teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
+        with warnings.catch_warnings():  # torch's pytree specs of exported graphs warn when deep-copied
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+            teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
     ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments), teacher=teacher)
     torch.manual_seed(seed)
     ir = manager.run(ir, ctx)

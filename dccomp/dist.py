@@ -20,6 +20,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -119,32 +120,37 @@ def shard_bounds(m: int, rank: int, world_size: int) -> tuple[int, int]:
 
 
 def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
-    """This rank's shard (along dim 0) of a batch that is a tensor or a tuple/list of tensors of equal length.
+    """This rank's shard (along dim 0) of a batch: a tensor, or tuples/lists/dicts of them (keyword inputs),
+    nested, all with the same first dimension.
 
     Raises:
         TypeError: the batch is of another form (then give the data as a Dataset, which is sharded by index).
     """
-    if isinstance(batch, torch.Tensor):
-        lo, hi = shard_bounds(len(batch), rank, world_size)
-        return batch[lo:hi]
-    if isinstance(batch, (tuple, list)) and batch and all(isinstance(t, torch.Tensor) for t in batch):
-        lo, hi = shard_bounds(len(batch[0]), rank, world_size)
-        return type(batch)(t[lo:hi] for t in batch)
-    raise TypeError(f"under torch.distributed dccomp shards each batch along its first dimension; a batch of type "
-                    f"{type(batch).__name__} cannot be sharded: give the training data as a Dataset or (X, y) "
-                    "tensors (then each rank loads only its shard)")
+    lo, hi = shard_bounds(batch_len(batch), rank, world_size)
+
+    def cut(b: Any) -> Any:
+        if isinstance(b, torch.Tensor) and b.dim():
+            return b[lo:hi]
+        if isinstance(b, (tuple, list)) and b:
+            return type(b)(cut(t) for t in b)
+        if isinstance(b, Mapping) and b:
+            return {k: cut(v) for k, v in b.items()}
+        raise TypeError(f"under torch.distributed dccomp shards each batch along its first dimension; a batch "
+                        f"holding a {type(b).__name__} cannot be sharded: give the training data as a Dataset or "
+                        "(X, y) tensors (then each rank loads only its shard)")
+
+    return cut(batch)
 
 
 def batch_len(batch: Any) -> int:
-    """Number of examples of a batch (first dimension of its first tensor; 1 if it has no tensor)."""
+    """Number of examples of a batch (first dimension of its first tensor, searched depth-first through tuples,
+    lists and dicts; 1 if it has none)."""
     if isinstance(batch, torch.Tensor):
         return len(batch) if batch.dim() else 1
-    if isinstance(batch, (tuple, list)):
-        for t in batch:
-            if isinstance(t, torch.Tensor) and t.dim():
-                return len(t)
-    if isinstance(batch, dict):
-        return batch_len(list(batch.values()))
+    items = list(batch.values()) if isinstance(batch, Mapping) else batch if isinstance(batch, (tuple, list)) else []
+    for t in items:
+        if isinstance(t, (torch.Tensor, tuple, list, Mapping)):
+            return batch_len(t)
     return 1
 
 

@@ -6,12 +6,13 @@ as ``T`` changes. ``mse`` matches raw outputs (logits or embeddings), as in Ba &
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 import torch
 from torch.nn import functional as F
 
-__all__ = ["distill_loss", "agreement_kl", "KD_LOSSES"]
+__all__ = ["distill_loss", "agreement_kl", "select_output", "output_similarity", "KD_LOSSES"]
 
 KD_LOSSES = ("kl", "mse")
 
@@ -39,6 +40,59 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl",
     s = F.log_softmax(student.reshape(-1, c) / temperature, dim=-1)
     t = F.log_softmax(teacher.reshape(-1, c) / temperature, dim=-1)
     return F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+
+
+def select_output(out: Any, key: str | None = None) -> torch.Tensor:
+    """The tensor a distillation loss compares, from a model's output.
+
+    ``out`` is a tensor (returned as is), a mapping (a dict, or a Hugging Face ``ModelOutput`` such as
+    ``BaseModelOutputWithPooling``) or a tuple/list. ``key`` names the entry (``"last_hidden_state"``,
+    ``"pooler_output"``; an index such as ``"0"`` for a tuple); ``None`` takes the first tensor entry.
+
+    Raises:
+        ValueError: ``key`` not in the output, the chosen entry is not a tensor, or no tensor at all.
+    """
+    if isinstance(out, torch.Tensor):
+        if key not in (None, "0"):
+            raise ValueError(f"distill_output={key!r}: the model returns a single tensor; leave distill_output unset")
+        return out
+    if isinstance(out, Mapping):
+        entries = list(out.items())
+    elif isinstance(out, (tuple, list)):
+        entries = [(str(i), v) for i, v in enumerate(out)]
+    else:
+        raise ValueError(f"cannot distil a model output of type {type(out).__name__}: return a tensor, a dict or "
+                         "a tuple of tensors")
+    if key is None:
+        for _, v in entries:
+            if isinstance(v, torch.Tensor):
+                return v
+        raise ValueError(f"the model output ({type(out).__name__}) holds no tensor to distil")
+    found = dict(entries)
+    if key not in found:
+        raise ValueError(f"distill_output={key!r} is not in the model's output; it has: "
+                         f"{', '.join(k for k, _ in entries)}")
+    if not isinstance(found[key], torch.Tensor):
+        raise ValueError(f"distill_output={key!r} is a {type(found[key]).__name__}, not a tensor")
+    return found[key]
+
+
+@torch.no_grad()
+def output_similarity(student: torch.Tensor, teacher: torch.Tensor, kind: str = "kl") -> dict[str, float]:
+    """Per-batch sums of how closely ``student`` follows ``teacher`` (same shape ``(N, ..., C)``).
+
+    ``kind="kl"`` (logits): ``agreement`` (count of rows with the same top-1 over the last dim) and ``kl``
+    (summed KL(teacher || student), nats, temperature 1). ``kind="mse"`` (embeddings/outputs): ``cosine``
+    (summed cosine similarity of the last-dim vectors) and ``mse`` (summed mean squared error per row).
+    Also ``n``: the number of rows (vectors over the last dim). Divide the sums by ``n`` for means.
+    """
+    c = student.shape[-1]
+    s, t = student.float().reshape(-1, c), teacher.float().reshape(-1, c)
+    if kind == "kl":
+        kl = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="sum")
+        return {"agreement": float((s.argmax(-1) == t.argmax(-1)).sum()), "kl": float(kl), "n": len(s)}
+    return {"cosine": float(F.cosine_similarity(s, t, dim=-1).sum()),
+            "mse": float(((s - t) ** 2).mean(-1).sum()), "n": len(s)}
 
 
 @torch.no_grad()

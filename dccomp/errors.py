@@ -5,7 +5,7 @@ Every error dccomp raises on purpose derives from :class:`DccompError`, so calle
 from __future__ import annotations
 
 __all__ = ["DccompError", "FormatError", "TracingError", "VerificationError", "PassError",
-           "PipelineSyntaxError", "RegistryError", "StaleStateError"]
+           "PipelineSyntaxError", "RegistryError", "StaleStateError", "RecipeError"]
 
 
 class DccompError(Exception):
@@ -52,4 +52,14 @@ class StaleStateError(DccompError, ValueError):
 
     def __init__(self, message: str, layers: dict[str, str]):
         self.layers = layers
+        super().__init__(message)
+
+
+class RecipeError(DccompError, ValueError):
+    """A recipe file is malformed: bad YAML, an unknown key, a wrong value, an unknown pass or option. The
+    message starts with ``FILE:LINE:`` and names the key; ``line`` (1-based, ``None`` when unknown) and ``key``
+    (the dotted path, e.g. ``pipeline[2].cluster.bits``) hold them too."""
+
+    def __init__(self, message: str, line: int | None = None, key: str | None = None):
+        self.line, self.key = line, key
         super().__init__(message)

@@ -334,6 +334,13 @@ class DccFile:
                 out[str(n)] = t
         return out
 
+    def report(self):
+        """The paper-style per-layer size table of the file (:class:`dccomp.report.SizeReport`; ``str()`` renders
+        it, ``.to_dict()`` for JSON), read off the manifest and section sizes: totals equal :attr:`file_size`."""
+        from .report import report_from_manifest
+
+        return report_from_manifest(self.meta, {s.name: s.length for s in self.container.sections}, self.file_size)
+
     def __repr__(self) -> str:
         return f"DccFile(model={self.meta.get('model')!r}, tensors={len(self.names)}, bytes={self.file_size})"
 

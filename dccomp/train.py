@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from . import dist
 
-__all__ = ["Trainer", "make_optimizer", "split_batch", "OPTIMIZERS"]
+__all__ = ["Trainer", "KeywordDataset", "make_optimizer", "split_batch", "call_model", "OPTIMIZERS"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -48,7 +48,60 @@ def make_optimizer(params: Sequence[torch.Tensor], name: str = "sgd", lr: float 
 
 _FORMS = ("a torch Dataset or DataLoader yielding (inputs, targets), an iterable of (inputs, targets) batches of "
           "tensors, or a tuple (inputs, targets) of two tensors with the same first dimension (for distillation "
-          "without labels: a tensor of inputs, or a Dataset/DataLoader of inputs only)")
+          "without labels: a tensor of inputs, a Dataset/DataLoader of inputs only, or keyword inputs: a dict "
+          "{name: tensor} with one row per example, or batches that are such dicts)")
+
+
+class KeywordDataset(Dataset):
+    """Examples of keyword inputs: ``{name: tensor (N, ...)}`` -> example ``i`` is ``{name: tensor[i]}``.
+
+    Batched by a ``DataLoader`` into ``{name: (B, ...)}`` dicts, which the model receives as keyword arguments
+    (``model(**batch)``: a Hugging Face encoder's ``input_ids``/``attention_mask``). Unlabelled: for
+    distillation (``retrain{distill=1}``).
+
+    Raises:
+        TypeError: a value is not a tensor. ValueError: empty mapping, a scalar, or first dims differ.
+    """
+
+    def __init__(self, inputs: Mapping[str, torch.Tensor]):
+        if not inputs:
+            raise ValueError("keyword inputs: the dict is empty; give {name: tensor (N, ...)}")
+        bad = [k for k, v in inputs.items() if not isinstance(v, torch.Tensor)]
+        if bad:
+            raise TypeError(f"keyword inputs must all be tensors with one row per example; {bad[0]!r} is a "
+                            f"{type(inputs[bad[0]]).__name__}")
+        lens = {k: (len(v) if v.dim() else None) for k, v in inputs.items()}
+        if None in lens.values() or len(set(lens.values())) != 1:
+            raise ValueError(f"keyword inputs must share their first (example) dimension, got "
+                             f"{ {k: tuple(v.shape) for k, v in inputs.items()} }")
+        self.inputs = dict(inputs)
+        self.n = next(iter(lens.values()))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {k: v[i] for k, v in self.inputs.items()}
+
+
+def call_model(module: Callable, x: Any) -> Any:
+    """Run ``module`` on a batch's inputs: ``module(**x)`` for keyword inputs (a dict), else ``module(x)``."""
+    return module(**x) if isinstance(x, Mapping) else module(x)
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    return {k: v.to(device) for k, v in x.items()} if isinstance(x, Mapping) else x.to(device)
+
+
+def _describe(x: Any) -> str:
+    if isinstance(x, Mapping):
+        return "keyword inputs " + ", ".join(f"{k}={list(v.shape)} ({str(v.dtype).replace('torch.', '')})"
+                                             for k, v in x.items())
+    return f"shape {list(x.shape)} ({str(x.dtype).replace('torch.', '')})"
+
+
+def _is_keyword_batch(b: Any) -> bool:
+    return isinstance(b, Mapping) and bool(b) and all(isinstance(v, torch.Tensor) for v in b.values())
 
 
 _DEFAULT_LOSS = nn.functional.cross_entropy
@@ -67,14 +120,16 @@ def _check_class_targets(pred: torch.Tensor, y: torch.Tensor) -> None:
 
 def split_batch(batch: Any) -> tuple[Any, Any]:
     """``(inputs, targets)`` of a batch; ``targets`` is ``None`` for unlabelled data (a bare tensor or a
-    1-tuple, as a ``Dataset`` of inputs only or ``TensorDataset(X)`` yields).
+    1-tuple, as a ``Dataset`` of inputs only or ``TensorDataset(X)`` yields). Inputs are a tensor, or keyword
+    inputs: a dict ``{name: tensor}`` (alone, or first in the tuple).
 
     Raises:
-        TypeError: the batch is neither a tensor nor a tuple/list starting with one.
+        TypeError: the batch is neither a tensor, a dict of tensors, nor a tuple/list starting with one.
     """
-    if isinstance(batch, torch.Tensor):
+    if isinstance(batch, torch.Tensor) or _is_keyword_batch(batch):
         return batch, None
-    if isinstance(batch, (tuple, list)) and len(batch) >= 1 and isinstance(batch[0], torch.Tensor):
+    if isinstance(batch, (tuple, list)) and len(batch) >= 1 and (
+            isinstance(batch[0], torch.Tensor) or _is_keyword_batch(batch[0])):
         return batch[0], (batch[1] if len(batch) >= 2 else None)
     raise TypeError(f"each batch of the data must be a tensor of inputs, or (inputs,) / (inputs, targets) tensors; "
                     f"got a {type(batch).__name__}; give data as {_FORMS} (or a step_fn that unpacks your batches)")
@@ -91,9 +146,12 @@ def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str =
         return None
     if isinstance(data, DataLoader):
         return data
+    if _is_keyword_batch(data):  # keyword inputs, one row per example
+        data = KeywordDataset(data)
     if isinstance(data, (str, bytes, Mapping)):
         hint = (" (a path or a data set name? load it first, e.g. dccomp.data.get_dataset('fashion-mnist', "
-                "'train'))" if isinstance(data, (str, bytes)) else " (pass (inputs, targets) tensors, not a mapping)")
+                "'train'))" if isinstance(data, (str, bytes)) else
+                " (a dict is read as keyword inputs only when every value is a tensor)")
         raise TypeError(f"{what} must be {_FORMS}; got a {type(data).__name__}{hint}")
     if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
         if len(data) != 2:
@@ -137,7 +195,8 @@ class Trainer:
     Args:
         train_data: ``Dataset``, ``DataLoader``, iterable of ``(inputs, targets)`` batches, or ``(X, y)`` tensors;
             or unlabelled inputs for distillation (``retrain{distill=1}``): a tensor ``X``, a ``Dataset`` or
-            ``DataLoader`` yielding inputs only.
+            ``DataLoader`` yielding inputs only, or keyword inputs (``{name: tensor (N, ...)}``, or batches that
+            are such dicts: the model is called as ``model(**batch)``).
         eval_data: same forms, for :meth:`evaluate` (top-1 accuracy).
         loss: ``loss(outputs, targets) -> scalar tensor``; cross-entropy by default.
         batch_size: used when the data is not already a DataLoader.
@@ -162,18 +221,18 @@ class Trainer:
         if self.step_fn is not None:
             return float(self.step_fn(module, batch, opt))
         x, y = split_batch(batch)
-        x, y = x.to(self.device), (None if y is None else y.to(self.device))
+        x, y = _to(x, self.device), (None if y is None else y.to(self.device))
         opt.zero_grad(set_to_none=True)
         if objective is None and y is None:
             raise ValueError("the training data has no labels (batches hold inputs only); train on (inputs, "
                              "targets), or distil from the uncompressed model with retrain{distill=1} (prune's "
                              "own retraining needs labels: use prune{epochs=0} followed by retrain{distill=1})")
         try:
-            pred = module(x)
+            pred = call_model(module, x)
         except Exception as e:  # noqa: BLE001 - the model rejects the batch: say which data was wrong
-            raise ValueError(f"the model cannot run on a training batch of shape {list(x.shape)} "
-                             f"({str(x.dtype).replace('torch.', '')}): {str(e).strip().splitlines()[0]}; the "
-                             "training inputs must have the shape the model takes") from e
+            raise ValueError(f"the model cannot run on a training batch of {_describe(x)}: "
+                             f"{str(e).strip().splitlines()[0]}; the training inputs must have the shape the model "
+                             "takes") from e
         if objective is not None:
             out = objective(pred, x, y)
         else:
@@ -281,8 +340,8 @@ class Trainer:
             x, y = split_batch(batch)
             if y is None:
                 raise ValueError("accuracy needs labelled eval data (inputs, targets); this batch has inputs only")
-            x, y = x.to(self.device), y.to(self.device)
-            out = module(x)
+            x, y = _to(x, self.device), y.to(self.device)
+            out = call_model(module, x)
             loss_sum += float(self.loss(out, y)) * len(y)
             correct += int((out.argmax(1) == y).sum())
             n += len(y)

@@ -30,9 +30,13 @@ class EntropyCode(Pass):
     changes no weight value except with ``codebook_dtype=float16``, which rounds the codebook to float16 first
     so the stored file decodes to exactly the IR's weights. Must be the last pass that changes weights.
 
-    Options: ``coder``, ``index_bits`` (default: 8 conv, 5 fc, as in the paper; ``auto``: per layer, the width
-    of :data:`AUTO_INDEX_BITS` whose coded size is smallest), ``layers`` ``{regex: bits}``,
-    ``codebook_dtype`` (``float32`` or ``float16``).
+    Options:
+
+    - ``coder``: ``huffman`` (canonical Huffman), ``ans`` (rANS) or ``fixed`` (no entropy coding).
+    - ``index_bits``: width in bits of the relative sparse indices (default: 8 conv, 5 fc, as in the paper;
+      ``auto``: per layer, the width of :data:`AUTO_INDEX_BITS` whose coded size is smallest).
+    - ``layers``: ``{regex: index_bits}`` per layer, matched against the weight name, module name or layer kind.
+    - ``codebook_dtype``: how the centroids are stored, ``float32`` or ``float16`` (rounded first).
     """
 
     name = "entropy-code"

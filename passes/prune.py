@@ -61,14 +61,24 @@ class Prune(Pass):
     """Magnitude pruning of every compressible weight (biases and normalization stay dense).
 
     Contract: needs dense or masked weights (not clustered); leaves every targeted weight ``masked`` with its
-    pruned entries exactly 0. Options:
+    pruned entries exactly 0. Give ``sparsity`` or ``quality`` (or per-layer values in ``layers``). Options:
 
-    - ``sparsity``: fraction removed per layer (or over all selected layers with ``scope=global``), or
-    - ``quality``: threshold = quality x std of each layer's weights (NIPS'15 §4).
+    - ``sparsity``: fraction of each layer's weights removed, in [0, 1] (with ``scope=global``: of all selected
+      layers' weights together).
+    - ``quality``: threshold = quality x std of each layer's weights (NIPS'15 §4), instead of a sparsity.
     - ``layers``: ``{regex: value}`` per-layer sparsity (or quality), matched against the weight name, the
-      module name or the layer kind; ``exclude``: regex (matched the same way) of weights left untouched.
-    - ``steps`` > 1 with ``epochs`` > 0: iterative pruning, retraining ``epochs`` between steps (NIPS'15 §3.3),
-      on the ``schedule`` ``linear`` or ``agp`` (cubic gradual pruning); needs training data.
+      module name or the layer kind.
+    - ``exclude``: regex (matched like ``layers``) of weights left untouched.
+    - ``scope``: ``layer`` (each layer pruned to the target) or ``global`` (one magnitude threshold for all
+      selected layers).
+    - ``steps``: number of pruning steps; more than 1 with ``epochs`` > 0 prunes iteratively, retraining between
+      steps (NIPS'15 §3.3), and needs training data.
+    - ``schedule``: sparsity target of each step: ``linear`` or ``agp`` (cubic gradual pruning).
+    - ``epochs``: retraining epochs after each step (0: no retraining).
+    - ``lr``: learning rate of that retraining.
+    - ``optimizer``: optimizer of that retraining (``sgd``, ``adam`` or ``adamw``).
+    - ``weight_decay``: L2 penalty of that retraining.
+
     Density after the pass matches the target to within one weight per layer.
     """
 

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from dccomp.distill import KD_LOSSES, agreement_kl, distill_loss
+from dccomp.distill import KD_LOSSES, distill_loss, output_similarity, select_output
 from dccomp.errors import PassError
 from dccomp.ir import IR, State
 from dccomp.pass_infra import Pass, PassContext, PassResult
+from dccomp.train import call_model
 
 __all__ = ["Retrain", "SharedWeightModule"]
 
@@ -97,18 +99,26 @@ class Retrain(Pass):
     the summed gradient of their cluster (Eq. 3); biases and BatchNorm train normally. Needs training data;
     refuses entropy-coded weights. Records accuracy on the eval data when there is some.
 
-    Options: ``epochs`` (may be fractional), ``lr`` (paper: 1/10 of the original rate for LeNet),
-    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum``, ``weight_decay``, ``centroid_lr`` (defaults to lr),
+    Options: ``epochs`` (passes over the training data; may be fractional), ``lr`` (learning rate; paper: 1/10
+    of the original rate for LeNet),
+    ``optimizer`` (``sgd``/``adam``/``adamw``), ``momentum`` (SGD momentum), ``weight_decay`` (L2 penalty),
+    ``centroid_lr`` (defaults to lr),
     ``schedule`` (``constant`` learning rate, or ``cosine`` decay over the epochs), ``freeze_bn`` (BatchNorm
-    stays in eval mode: running statistics neither used from the batch nor updated).
+    stays in eval mode: running statistics neither used from the batch nor updated), ``evaluate`` (measure
+    accuracy on the eval data afterwards).
 
     Distillation (Hinton et al. 2015), with the uncompressed model as teacher (``ctx.teacher``, a frozen copy
     ``dccomp.compile`` keeps from before the pipeline): ``distill=alpha`` in [0, 1] trains on
     ``alpha * KD + (1 - alpha) * CE(labels)``; ``distill=1`` needs no labels (train data may be inputs only: a
     tensor, a ``Dataset`` or ``DataLoader`` of inputs). ``distill_loss``: ``kl`` (KL divergence of the
-    temperature-softened outputs, scaled by T**2; ``temperature=T``) or ``mse`` (outputs / embeddings).
-    With distillation, the eval data's inputs give ``eval_agreement`` (top-1 agreement with the teacher) and
-    ``eval_kl`` (mean KL(teacher || student), nats).
+    temperature-softened outputs, scaled by T**2) or ``mse`` (outputs / embeddings); ``temperature`` (T, the
+    softmax temperature of ``kl``).
+    Models taking keyword inputs get batches that are dicts of tensors (``model(**batch)``, e.g. a Hugging Face
+    encoder's ``input_ids``/``attention_mask``); ``distill_output`` (the entry of a dict, tuple or ``ModelOutput``
+    output that distillation compares, e.g. ``last_hidden_state``; default: the first tensor).
+    With distillation, the eval data's inputs give, for ``kl``, ``eval_agreement`` (top-1 agreement with the
+    teacher) and ``eval_kl`` (mean KL(teacher || student), nats); for ``mse``, ``eval_cosine`` (mean cosine
+    similarity of the compared output's last-dim vectors to the teacher's) and ``eval_mse``.
     """
 
     name = "retrain"
@@ -125,6 +135,7 @@ class Retrain(Pass):
     distill: float = 0.0
     distill_loss: str = "kl"
     temperature: float = 1.0
+    distill_output: str | None = None
 
     @property
     def needs_teacher(self) -> bool:
@@ -211,9 +222,10 @@ class Retrain(Pass):
                             "pipeline) automatically; when running a PassManager yourself, pass "
                             "PassContext(teacher=frozen_model)")
 
-        def objective(out: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        def objective(out: Any, x: Any, y: torch.Tensor | None) -> torch.Tensor:
             with torch.no_grad():
-                target = teacher(x)
+                target = select_output(call_model(teacher, x), self.distill_output)
+            out = select_output(out, self.distill_output)
             loss = distill_loss(out, target, self.distill_loss, self.temperature)
             if alpha >= 1:
                 return loss
@@ -224,12 +236,18 @@ class Retrain(Pass):
 
         return objective
 
+    @torch.no_grad()
     def _agreement(self, ir: IR, ctx: PassContext) -> dict[str, float]:
-        from dccomp.train import _as_loader, split_batch
+        """Mean similarity of the compressed model to the teacher on the eval data's inputs (see class doc)."""
+        from dccomp.train import _as_loader, _to, split_batch
 
-        same = kl = n = 0.0
+        sums: dict[str, float] = {}
+        kind = "kl" if self.distill_loss == "kl" else "mse"
         for batch in _as_loader(ctx.trainer.eval_data, ctx.trainer.eval_batch_size, False, 0):
-            x = split_batch(batch)[0].to(ctx.trainer.device)
-            r = agreement_kl(ir.gm, ctx.teacher, x, batch_size=len(x))
-            same, kl, n = same + r["agreement"] * r["n"], kl + r["kl"] * r["n"], n + r["n"]
-        return {"eval_agreement": same / max(n, 1), "eval_kl": kl / max(n, 1)}
+            x = _to(split_batch(batch)[0], ctx.trainer.device)
+            r = output_similarity(select_output(call_model(ir.gm, x), self.distill_output),
+                                  select_output(call_model(ctx.teacher, x), self.distill_output), kind)
+            for key, v in r.items():
+                sums[key] = sums.get(key, 0.0) + v
+        n = max(sums.pop("n", 0.0), 1)
+        return {f"eval_{key}": v / n for key, v in sums.items()}

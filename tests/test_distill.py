@@ -54,8 +54,62 @@ def test_unlabelled_distillation_lowers_divergence(loss, form):
     assert (after["kl"] < 0.5 * before["kl"]) if loss == "kl" else (mse_after < 0.5 * mse_before)
     assert after["agreement"] > before["agreement"]
     rec = distilled.records["retrain#2"]
-    assert rec["eval_kl"] == pytest.approx(after["kl"], rel=1e-4, abs=1e-7)
-    assert rec["eval_agreement"] == after["agreement"]
+    if loss == "kl":
+        assert rec["eval_kl"] == pytest.approx(after["kl"], rel=1e-4, abs=1e-7)
+        assert rec["eval_agreement"] == after["agreement"]
+    else:  # embeddings / raw outputs: cosine and mse, not top-1
+        assert rec["eval_mse"] == pytest.approx(mse_after, rel=1e-4)
+        assert 0.5 < rec["eval_cosine"] <= 1.0 + 1e-6
+
+
+class _KeywordEncoder(nn.Module):
+    """A tiny encoder called like a Hugging Face model: keyword inputs, a dict out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = nn.Embedding(40, 16)
+        self.fc = nn.Linear(16, 16)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.tanh(self.fc(self.emb(input_ids))) * attention_mask[..., None]
+        return {"last_hidden_state": h, "logits": self.head(h.sum(1))}
+
+
+def _keyword_data(n: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = (torch.arange(6)[None] < torch.randint(2, 7, (n, 1), generator=g)).long()
+    return {"input_ids": torch.randint(0, 40, (n, 6), generator=g), "attention_mask": mask}
+
+
+@pytest.mark.parametrize("form", ["dict", "batches"])
+def test_distillation_with_keyword_inputs_and_dict_outputs(form):
+    """Models called as model(**batch) and returning dicts (Hugging Face style) distil without labels."""
+    model = _KeywordEncoder().eval()
+    train, ev = _keyword_data(512, 1), _keyword_data(128, 2)
+    data = train if form == "dict" else [{k: v[i:i + 64] for k, v in train.items()} for i in range(0, 512, 64)]
+    kw = dict(example_kwargs=_keyword_data(2, 3), capture="export")
+    pipe = "prune{sparsity=0.7}"
+    base = dccomp.compile(model, pipe, **kw)
+    out = dccomp.compile(model, pipe + ",retrain{distill=1,distill_loss=mse,distill_output=last_hidden_state,"
+                         "epochs=15,lr=0.01,optimizer=adam,weight_decay=0}", train_data=data, eval_data=ev, **kw)
+    with torch.no_grad():
+        ref = model(**ev)["last_hidden_state"]
+        err = lambda m: float(nn.functional.mse_loss(m(**ev)["last_hidden_state"].detach(), ref))  # noqa: E731
+        assert err(out) < 0.7 * err(base)
+    rec = out.records["retrain#2"]
+    assert rec["eval_mse"] == pytest.approx(err(out), rel=1e-4) and rec["eval_cosine"] > 0.5
+    for w in out.ir:  # masks held
+        assert torch.equal(w.mask, base.ir.weights[w.name].mask)
+
+
+def test_distill_output_errors_name_the_entries():
+    model = _KeywordEncoder().eval()
+    kw = dict(example_kwargs=_keyword_data(2, 3), capture="export")
+    with pytest.raises(dccomp.PassError, match="last_hidden_state, logits"):
+        dccomp.compile(model, "retrain{distill=1,distill_loss=mse,distill_output=pooler_output}",
+                       train_data=_keyword_data(64, 1), **kw)
 
 
 def test_teacher_is_the_model_before_the_pipeline_and_unchanged():

@@ -229,7 +229,7 @@ class Small(nn.Module):
 @pytest.mark.parametrize("data, exc, msg", [
     ((torch.zeros(10, 8), torch.zeros(9, dtype=torch.long)), ValueError, r"same first dimension.*\(10, 8\).*\(9,\)"),
     ("data/train", TypeError, "got a str .*get_dataset"),
-    ({"x": torch.zeros(4, 8)}, TypeError, "got a dict"),
+    ({"x": [[0.0] * 8] * 4}, TypeError, "got a dict .*every value is a tensor"),
     ([torch.zeros(4, 8)] * 3, TypeError, "list of 3 tensors; expected \\(inputs, targets\\)"),
     (torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(4, 8))), DccompError,
      r"no labels .*inputs only.*retrain\{distill=1\}"),
