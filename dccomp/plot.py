@@ -223,7 +223,8 @@ def draw_layer(d: LayerPlotData) -> bytes:
         ax = axes[3]
         im = ax.imshow(d.codebook, aspect="auto", cmap="coolwarm", interpolation="nearest")
         ax.set_xlabel("centroid (local cluster index)")
-        ax.set_ylabel(f"codebook row ({d.shape[0] // d.codebook.shape[0]} dim-0 slice(s) each)")
+        per_row = d.shape[0] // d.codebook.shape[0]
+        ax.set_ylabel("codebook row = dim-0 channel" if per_row == 1 else f"codebook row ({per_row} dim-0 channels each)")
         ax.set_title(f"per-channel codebooks ({d.codebook.shape[0]} x {d.codebook.shape[1]})")
         fig.colorbar(im, ax=ax, label="centroid value")
     return _png(fig)
