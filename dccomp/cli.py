@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import dist
+
 __all__ = ["main"]
 
 
@@ -237,7 +239,7 @@ def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> Non
     """Print (or write as JSON) a demo/compress result: IR, size table, size and time after each pass,
     accuracies (when measured) and the file's ratio. Exits 1 if the reloaded file's accuracy differs."""
     if json_path:
-        _print_json({k: v for k, v in r.items() if k != "ir"}, json_path)
+        _print_json({k: v for k, v in r.items() if k not in ("ir", "dense_model")}, json_path)
     if json_path != "-":
         print(r["ir"])
         print()
@@ -256,6 +258,8 @@ def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> Non
             print(f"dense accuracy      {100 * r['dense_accuracy']:.2f}%  ({dense_source})")
             print(f"compressed accuracy {100 * r['compressed_accuracy']:.2f}%  (in memory)")
             print(f"reloaded accuracy   {100 * r['reloaded_accuracy']:.2f}%  (from {r['out']})")
+    if json_path != "-" and r.get("ranks", 1) > 1:
+        print(f"retrained data-parallel on {r['ranks']} ranks (torch.distributed)")
     if json_path != "-":
         print(f"file {r['out']}: {r['file_bytes']} bytes vs {r['dense_fp32_bytes']} dense float32 -> "
               f"{r['ratio']:.1f}x; reload accuracy {same}; {r['seconds']:.0f} s total")
@@ -269,11 +273,35 @@ def cmd_demo(a: argparse.Namespace) -> None:
     out = a.out or f"{a.model}.dcc"
     _check_out(out, a.force)
     _parse_pipeline(a.pipeline, True)  # a typo fails now, not after training the dense baseline
-    print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
+    if dist.is_main():
+        print(f"dccomp demo: {a.model} on {a.data}, pipeline {a.pipeline!r}", file=sys.stderr)
+    main_rank = dist.is_main()  # under torch.distributed only rank 0 prints and writes files
     r = run_demo(a.model, a.data, pipeline=a.pipeline, out=out, data_root=a.data_root, seed=a.seed,
-                 progress=not a.no_progress, dense_epochs=a.dense_epochs, dump_ir=a.dump_ir, log=True,
-                 overwrite=a.force)
+                 progress=not a.no_progress and main_rank, dense_epochs=a.dense_epochs,
+                 dump_ir=a.dump_ir if main_rank else None, log=main_rank, overwrite=a.force)
+    if not main_rank:
+        return
     _summary(r, a.json, "cached baseline" if r["dense_from_cache"] else "trained baseline")
+    if not a.no_plots:
+        _demo_plots(r, a.json == "-")
+
+
+def _demo_plots(r: dict[str, Any], quiet: bool) -> None:
+    """Draw the demo file's pictures into ``<file stem>-plots/`` beside it, over the dense baseline; list them."""
+    from .plot import available, plot_file
+
+    if not available():
+        print("plots: skipped (matplotlib is not installed: pip install 'dccomp[plot]', or --no-plots)",
+              file=sys.stderr)
+        return
+
+    out = Path(r["out"])
+    dense = r["dense_model"].state_dict() if r.get("dense_model") is not None else None
+    files = plot_file(out, out.with_name(out.stem + "-plots"), dense=dense)
+    if not quiet:
+        print(f"plots ({len(files)} PNG files: per layer, weights/cluster indices/relative indices; summary):")
+        for p in files:
+            print(f"  {p}")
 
 
 def cmd_compress(a: argparse.Namespace) -> None:
@@ -313,10 +341,13 @@ def cmd_compress(a: argparse.Namespace) -> None:
     ex = torch.zeros(1, *shape) if shape else None
     dense_acc = trainer.evaluate(model)["accuracy"] if trainer else None
     sizes, timing = SizeTracker(), Timing()
-    instruments = [sizes, timing] + ([] if a.no_progress else [Progress()]) + (
-        [DumpIR(a.dump_ir)] if a.dump_ir else []) + [StageLog()]
+    main_rank = dist.is_main()  # under torch.distributed only rank 0 prints and writes files
+    instruments = [sizes, timing] + ([] if a.no_progress or not main_rank else [Progress()]) + (
+        [DumpIR(a.dump_ir)] if a.dump_ir and main_rank else []) + ([StageLog()] if main_rank else [])
     compiled = compile(model, passes, example_inputs=ex, trainer=trainer, verify=a.verify,
                        instruments=instruments, seed=a.seed)
+    if not main_rank:
+        return
     nbytes = save(compiled, a.out, overwrite=a.force)
     r: dict[str, Any] = {"model": a.model, "data": a.data, "pipeline": a.pipeline, "recipe": a.recipe,
                          "dense_accuracy": dense_acc,
@@ -328,7 +359,8 @@ def cmd_compress(a: argparse.Namespace) -> None:
     dense_bytes = compiled.ir.dense_nbytes()
     r.update({"file_bytes": nbytes, "dense_fp32_bytes": dense_bytes, "ratio": dense_bytes / nbytes,
               "report": compiled.report(), "stages": sizes.rows, "timing": timing.rows, "records": compiled.records,
-              "out": a.out, "ir": str(compiled.ir), "seconds": time.perf_counter() - t0})
+              "out": a.out, "ir": str(compiled.ir), "seconds": time.perf_counter() - t0,
+              "ranks": dist.world()[1]})
     _summary(r, a.json, f"{a.weights} as given" if a.weights else "random initial weights (--random-weights)")
 
 
@@ -429,6 +461,16 @@ def cmd_build(a: argparse.Namespace) -> None:
         print(p)
 
 
+def cmd_plot(a: argparse.Namespace) -> None:
+    from .plot import plot_file
+
+    for what, path in (("file", a.file), ("--dense", a.dense)):
+        if path is not None and not os.path.isfile(path):
+            _fail(f"{what} {path!r} is not a file; give a .dcc file written by dccomp")
+    for p in plot_file(a.file, a.out, dense=a.dense):
+        print(p)
+
+
 def cmd_passes(a: argparse.Namespace) -> None:
     from .passdoc import describe_options
     from .registry import available_backends, available_passes, get_pass, NamedPipeline
@@ -444,6 +486,23 @@ def cmd_passes(a: argparse.Namespace) -> None:
         for o in describe_options(obj):
             print(f"    {o.name:<15} {o.type:<17} = {o.default:<9} {o.meaning or '(undocumented)'}")
     print("backends: " + ", ".join(available_backends()))
+
+
+_NPROC_HELP = ("retrain data-parallel in N processes on this machine (runs itself under torchrun --standalone "
+               "--nproc-per-node N; torch.distributed, gloo); or launch with torchrun yourself")
+
+
+def _strip_nproc(argv: Sequence[str]) -> list[str]:
+    """``argv`` without its ``--nproc N`` / ``--nproc=N`` option (what each torchrun rank runs)."""
+    out, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
+    d.add_argument("--nproc", type=_positive, metavar="N", help=_NPROC_HELP)
+    d.add_argument("--no-plots", action="store_true", help="do not draw the PNGs (dccomp plot) next to the .dcc")
     d.set_defaults(func=cmd_demo)
 
     c = sub.add_parser("compress", parents=[common], help="compress a model: built-in name or module:Class + weights")
@@ -492,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", metavar="PATH")
     c.add_argument("--no-progress", action="store_true")
     c.add_argument("--dump-ir", metavar="DIR", help="write the IR text before and after each pass (NNN_pass.txt)")
+    c.add_argument("--nproc", type=_positive, metavar="N", help=_NPROC_HELP)
     c.set_defaults(func=cmd_compress)
 
     i = sub.add_parser("inspect", parents=[common], help="show a .dcc file's tensors and size table")
@@ -517,6 +579,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "--data set's, fashion-mnist when neither is given)")
     b.set_defaults(func=cmd_build)
 
+    pl = sub.add_parser("plot", parents=[common], help="draw a .dcc file's weight, cluster-index and "
+                        "relative-index distributions per layer, and bits/ratio per layer (PNG; dccomp[plot])")
+    pl.add_argument("file")
+    pl.add_argument("--out", required=True, help="output folder (created if missing)")
+    pl.add_argument("--dense", metavar="F.dcc", help="dense baseline file: its weight distributions are drawn "
+                                                    "under the compressed ones (before/after)")
+    pl.set_defaults(func=cmd_plot)
+
     ps = sub.add_parser("passes", parents=[common], help="list registered passes, pipelines and backends")
     ps.set_defaults(func=cmd_passes)
     return p
@@ -530,7 +600,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     _set_threads(args.threads)
     _check_json(getattr(args, "json", None))
+    nproc = getattr(args, "nproc", None)
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; each runs without --nproc
+        raise SystemExit(dist.launch(nproc, _strip_nproc(sys.argv[1:] if argv is None else argv)))
     try:
+        dist.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group
         args.func(args)
     except DatasetNotFoundError as e:
         _fail(str(e))
@@ -541,6 +615,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("dccomp: interrupted (no file was left half-written)", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        if dist.active():
+            import torch
+
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from . import dist
 from .ir import IR
 from .manager import PassManager
 from .pass_infra import Pass, PassContext
@@ -126,6 +127,11 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
             training settings (``data``, ``batch_size``, ``seed``, ``verify``, ...) where the call gives none;
             see :func:`dccomp.recipe.recipe_compile_settings`.
 
+    Under ``torch.distributed`` (more than one rank; every rank calls ``compile`` with the same arguments) a
+    pipeline that retrains runs data-parallel: rank 0's model is copied to all ranks first, each rank trains on
+    its shard of every batch with gradients all-reduced (:mod:`dccomp.dist`), and the ranks' weights, masks,
+    codebooks and cluster indices are checked identical at the end (``RuntimeError`` otherwise).
+
     Returns:
         CompiledModel, in the mode (``training``) ``model`` was in: a model left in training mode gives a compiled
         model in training mode (dropout active, batch norm on batch statistics); call ``.eval()`` for inference.
@@ -156,6 +162,9 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     if trainer is None and (train_data is not None or eval_data is not None):
         trainer = Trainer(train_data, eval_data, loss)
     manager = PassManager(passes, verify=verify)
+    trains = dist.active() and any(p.needs_training_data() for p in manager.passes)
+    if trains:  # data-parallel retraining (dccomp.dist): every rank compresses rank 0's model
+        dist.broadcast_module(ir.gm)
     if teacher is None and any(getattr(p, "needs_teacher", False) for p in manager.passes):
         teacher = ir.gm
     if teacher is not None:
@@ -165,6 +174,8 @@ def compile(model: nn.Module | IR | CompiledModel, passes: str | Pass | Sequence
     ctx = PassContext(trainer=trainer, seed=seed, instruments=list(instruments), teacher=teacher)
     torch.manual_seed(seed)
     ir = manager.run(ir, ctx)
+    if trains:
+        dist.check_replicated(dist.compression_state(ir), "compression state (weight, mask, codebook, index) tensor")
     if backend_options is not None and not isinstance(backend_options, dict):
         raise TypeError(f"backend_options must be a dict of the backend's options, e.g. {{'weights': 'small'}}; "
                         f"got {type(backend_options).__name__}")

@@ -14,6 +14,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from . import dist
 from .compiler import compile
 from .data import DATASETS, get_dataset
 from .format import check_save_path, load, save
@@ -47,17 +48,22 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
     recipe = dict(DENSE_RECIPE, epochs=epochs or DENSE_RECIPE["epochs"])
     key = hashlib.sha256(repr((model_name, data, sorted(recipe.items()), seed)).encode()).hexdigest()[:12]
     path = cache_dir() / f"dense-{model_name}-{data}-{key}.dcc"
+    loaded = False
     if path.exists():
         try:
-            return load(path, model), True
+            loaded = load(path, model) is model
         except (ValueError, OSError):
             path.unlink(missing_ok=True)  # a corrupt cache is rebuilt, never trusted
+    # under torch.distributed the ranks train together unless every one read the cache (no shared file system)
+    if dist.all_reduce_sum([float(loaded)])[0] == dist.world()[1]:
+        return model, True
     torch.manual_seed(seed)
     trainer.fit(model, model.parameters(), epochs=recipe["epochs"], lr=recipe["lr"], momentum=recipe["momentum"],
                 weight_decay=recipe["weight_decay"], progress=progress, seed=seed, schedule=recipe["schedule"])
     model.eval()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save(compile(model, [], example_inputs=torch.zeros(1, *info.input_shape)), path)
+    if dist.is_main():  # under torch.distributed the ranks trained identical copies: rank 0 writes the cache
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(compile(model, [], example_inputs=torch.zeros(1, *info.input_shape)), path)
     return model, False
 
 
@@ -70,8 +76,10 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     Returns:
         dict with ``dense_accuracy``, ``compressed_accuracy`` (in memory), ``reloaded_accuracy`` (from the file),
         ``file_bytes``, ``ratio``, ``report`` (SizeReport), ``stages`` (file size after each pass), ``timing``,
-        ``records`` (per-pass measurements), ``out`` (path). ``dump_ir``: folder for the IR text after each
-        pass; ``log``: one line per pass on stderr; ``overwrite``: see :func:`dccomp.save`.
+        ``records`` (per-pass measurements), ``out`` (path), ``dense_model`` (the dense baseline module).
+        ``dump_ir``: folder for the IR text after each pass; ``log``: one line per pass on stderr;
+        ``overwrite``: see :func:`dccomp.save`. Under ``torch.distributed`` every rank retrains its shard
+        (:mod:`dccomp.dist`) and only rank 0 writes files; the other ranks return only ``compressed_accuracy``.
 
     Raises:
         DatasetNotFoundError: the data set is not installed (message gives the install command).
@@ -99,6 +107,8 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
     compiled = compile(dense, passes, example_inputs=torch.zeros(1, *info.input_shape), trainer=trainer,
                        verify=verify, instruments=instruments, seed=seed)
     comp_acc = trainer.evaluate(compiled)["accuracy"]
+    if not dist.is_main():  # under torch.distributed only rank 0 writes the file
+        return {"model": model_name, "data": data, "compressed_accuracy": comp_acc, "out": None}
     nbytes = save(compiled, out, overwrite=overwrite)
     fresh = build_model(model_name, info.input_shape, info.num_classes)
     reloaded = load(out, fresh)
@@ -109,4 +119,4 @@ def run_demo(model_name: str = "lenet-300-100", data: str = "fashion-mnist", *, 
             "reloaded_accuracy": re_acc, "file_bytes": nbytes, "dense_fp32_bytes": compiled.ir.dense_nbytes(),
             "ratio": compiled.ir.dense_nbytes() / nbytes, "report": report, "stages": sizes.rows,
             "timing": timing.rows, "records": compiled.records, "out": str(out), "ir": str(compiled.ir),
-            "seconds": time.perf_counter() - t0}
+            "seconds": time.perf_counter() - t0, "dense_model": dense, "ranks": dist.world()[1]}

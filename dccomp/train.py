@@ -4,16 +4,24 @@ A :class:`Trainer` holds the data, the loss and optionally a user training step 
 DDP or AMP): ``step_fn(module, batch, optimizer) -> float loss`` must run forward, backward and
 ``optimizer.step()``. dccomp's mask and weight-sharing constraints are applied by gradient hooks and after each
 step, so they hold whatever the step does.
+
+Under ``torch.distributed`` (a process group of more than one rank, e.g. launched with ``torchrun``),
+:meth:`Trainer.fit` trains data-parallel: each rank takes its shard of every global batch and gradients are
+all-reduced before each step, so all ranks keep identical weights (:mod:`dccomp.dist`). Evaluation runs whole on
+every rank.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from . import dist
 
 __all__ = ["Trainer", "KeywordDataset", "make_optimizer", "split_batch", "call_model", "OPTIMIZERS"]
 
@@ -169,6 +177,18 @@ def _as_loader(data: Any, batch_size: int, shuffle: bool, seed: int, what: str =
     raise TypeError(f"{what} must be {_FORMS}; got {type(data).__name__}")
 
 
+@contextlib.contextmanager
+def _data_parallel(module: nn.Module, opt: torch.optim.Optimizer) -> Iterator[dist.GradientSync | None]:
+    """Under ``torch.distributed`` (more than one rank): rank 0's values on every rank, then gradients
+    all-reduced before each step (see :mod:`dccomp.dist`); yields ``None`` in a single process."""
+    if not dist.active():
+        yield None
+        return
+    dist.broadcast_module(module, [p for g in opt.param_groups for p in g["params"]])
+    with dist.GradientSync(opt, module) as sync:
+        yield sync
+
+
 class Trainer:
     """Data, loss and training loop for retraining.
 
@@ -235,6 +255,8 @@ class Trainer:
 
         ``after_step(optimizer)`` runs after every optimizer step (dccomp re-applies masks there).
         ``schedule``: ``constant`` learning rate, or ``cosine`` (decayed to 0 over the epochs, per epoch).
+        Under ``torch.distributed`` with more than one rank every rank must call ``fit`` with the same arguments;
+        ``batch_size`` is then the global batch (all ranks together), as in one process.
 
         Returns:
             ``{"loss": mean training loss of the last epoch, "steps": number of steps}``.
@@ -253,6 +275,12 @@ class Trainer:
             raise ValueError("a custom training objective (distillation) cannot be combined with a user step_fn: "
                              "compute the distillation loss inside your step_fn, or drop step_fn")
         opt = make_optimizer(list(params), optimizer, lr, momentum, weight_decay)
+        with _data_parallel(module, opt) as sync:
+            return self._fit(module, opt, sync, epochs, after_step, progress, seed, schedule, objective)
+
+    def _fit(self, module: nn.Module, opt: torch.optim.Optimizer, sync: Any, epochs: float,
+             after_step: Callable | None, progress: Callable | None, seed: int, schedule: str,
+             objective: Callable | None) -> dict[str, float]:
         base = [g["lr"] for g in opt.param_groups]
         module.train()
         steps, last = 0, float("nan")
@@ -263,6 +291,8 @@ class Trainer:
                 for g, b0 in zip(opt.param_groups, base):
                     g["lr"] = b0 * 0.5 * (1 + math.cos(math.pi * ep / n_epochs))
             loader = _as_loader(self.train_data, self.batch_size, True, seed * 1000 + ep)
+            if sync is not None:
+                loader = dist.shard_loader(loader)
             limit = self.max_batches
             if ep == full:  # fractional last epoch
                 n = len(loader) if hasattr(loader, "__len__") else None
@@ -277,12 +307,19 @@ class Trainer:
             for b, batch in it:
                 if limit is not None and b >= limit:
                     break
-                total += self._step(module, batch, opt, objective)
+                if sync is not None:
+                    sync.local_n = dist.batch_len(batch)
+                loss = self._step(module, batch, opt, objective)
+                # under torch.distributed: this rank's share of the global batch's mean loss (summed below)
+                total += loss if sync is None else loss * sync.local_n / sync.total_n
                 count += 1
                 steps += 1
                 if after_step is not None:
                     after_step(opt)
+            total = dist.all_reduce_sum([total])[0] if sync is not None else total
             last = total / max(count, 1)
+        if sync is not None:
+            dist.check_replicated(module.state_dict(), "parameter")
         return {"loss": last, "steps": steps}
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """The dccomp command line: the demo end to end on the small digits data, inspect/eval/compress, bad input."""
+import importlib.util
 import json
 import subprocess
 import sys
@@ -34,6 +35,12 @@ def test_demo_on_digits_end_to_end(tmp_path, monkeypatch, capsys):
     main(["demo", "--data", "digits", "--out", str(out), "--no-progress"])
     text = capsys.readouterr().out
     assert "cached baseline" in text and "reload accuracy identical" in text and "P+Q+H" in text
+    if importlib.util.find_spec("matplotlib") is not None:  # the demo lists the PNGs it drew beside its file
+        pngs = sorted((tmp_path / "digits-plots").iterdir())
+        assert [p.name for p in pngs] == ["fc1.weight.png", "fc2.weight.png", "fc3.weight.png", "summary.png"]
+        assert all(str(p) in text for p in pngs) and all(p.read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    main(["demo", "--data", "digits", "--out", str(out), "--no-progress", "--no-plots"])
+    assert "PNG" not in capsys.readouterr().out
 
 
 def test_inspect_text_and_json(dcc_file, capsys):
