@@ -44,6 +44,7 @@ def dense_baseline(model_name: str, data: str, trainer: Trainer, *, seed: int = 
     Returns ``(model, from_cache)``. The cache key covers the model, data set, recipe and seed.
     """
     info = DATASETS[data]
+    torch.manual_seed(seed)  # the initial weights too: the same seed gives the same dense model
     model = build_model(model_name, info.input_shape, info.num_classes)
     recipe = dict(DENSE_RECIPE, epochs=epochs or DENSE_RECIPE["epochs"])
     key = hashlib.sha256(repr((model_name, data, sorted(recipe.items()), seed)).encode()).hexdigest()[:12]
