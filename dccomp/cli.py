@@ -106,6 +106,8 @@ def _load_weights(model: Any, path: str | None) -> None:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if first.startswith("Weights only load failed"):  # torch's advice (weights_only=False) is unsafe here
             first = "it holds objects other than tensors, or is not a torch.save file"
+        elif "load key" in first or first.isdigit() or "zip archive" in first or "magic number" in first:
+            first = f"not a torch.save file ({type(e).__name__}: {first})"
         _fail(f"cannot read {path!r} as a state_dict: {first}. dccomp reads only tensors (torch.load with "
               "weights_only=True, never arbitrary pickled objects): save the weights with "
               "torch.save(model.state_dict(), path), or pass a .dcc file")
@@ -114,8 +116,11 @@ def _load_weights(model: Any, path: str | None) -> None:
     _fit_state(model, state, path)
 
 
-def _check_json(path: str | None) -> None:
-    """Fail before any work if ``--json PATH`` cannot be written (a directory, a missing folder)."""
+def _check_json(args: argparse.Namespace) -> None:
+    """Fail before any work if ``--json PATH`` cannot or must not be written: a directory, a special file, a
+    missing folder, the path of another argument (input or output file), or an existing file that is not a
+    ``.json`` file (or empty) without ``--force``."""
+    path = getattr(args, "json", None)
     if path is None or path == "-":
         return
     p = Path(path)
@@ -126,6 +131,29 @@ def _check_json(path: str | None) -> None:
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         _fail(f"--json {path!r}: folder {str(parent)!r} does not exist; create it first")
+    for opt in ("file", "out", "weights", "recipe", "dense"):
+        other = getattr(args, opt, None)
+        if isinstance(other, str) and (os.path.abspath(other) == os.path.abspath(path) or (
+                p.exists() and os.path.exists(other) and os.path.samefile(other, path))):
+            flag = opt if opt == "file" else f"--{opt}"
+            _fail(f"--json {path!r} is also the {flag} file; write the JSON elsewhere")
+    if p.is_file() and p.stat().st_size and p.suffix.lower() != ".json" and not getattr(args, "force", False):
+        _fail(f"--json {path!r} exists and is not a .json file; refusing to replace it (give a .json path"
+              + (", or --force)" if hasattr(args, "force") else ")"))
+
+
+def _check_dump_dir(path: str | None) -> None:
+    """Fail before any work if ``--dump-ir DIR`` names something that is not a folder."""
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        _fail(f"--dump-ir {path!r} is a file; it takes a folder (created if missing) for the IR text files")
+
+
+def _check_in(path: str, what: str = "file") -> None:
+    """Fail before any work if the input ``path`` is missing or not a regular file."""
+    if not os.path.exists(path):
+        _fail(f"{what} {path!r} does not exist")
+    if not os.path.isfile(path):
+        _fail(f"{what} {path!r} is not a regular file (a .dcc file is expected)")
 
 
 def _check_out(path: str, force: bool = False) -> None:
@@ -228,11 +256,18 @@ def _nonneg(text: str) -> int:
 
 
 def _print_json(obj: Any, path: str | None) -> None:
+    """Print ``obj`` as JSON, or write it to ``path`` atomically (a temporary file renamed over it)."""
     text = json.dumps(obj, indent=2, default=lambda o: o.to_dict() if hasattr(o, "to_dict") else str(o))
     if path in (None, "-"):
         print(text)
-    else:
-        Path(path).write_text(text + "\n")
+        return
+    p = Path(path)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, p)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> None:
@@ -427,7 +462,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from .train import Trainer
 
     model = _load_user_model(a.model, a.data)
-    load(a.file, model)
+    try:
+        load(a.file, model)
+    except ValueError as e:
+        raise ValueError(f"{e}; {a.model} is built for --data {a.data} ({DATASETS[a.data].input_shape} inputs): "
+                         "check --model and --data") from e
     test = get_dataset(a.data, "test", a.data_root)
     _check_model_runs(model, DATASETS[a.data].input_shape, a.model,
                       f"the {a.data} test images; dccomp eval measures accuracy on a built-in data set, for other "
@@ -526,7 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args(d, default="fashion-mnist")
     d.add_argument("--pipeline", default="deep-compression", help="pipeline text or a named pipeline")
     d.add_argument("--out", help="output .dcc file (default: MODEL.dcc)")
-    d.add_argument("--force", action="store_true", help="replace --out even if it is not a .dcc file")
+    d.add_argument("--force", action="store_true", help="replace --out (and --json) even if it is not a .dcc (.json) file")
     d.add_argument("--dense-epochs", type=_positive, help="epochs for the dense baseline (default 10)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", metavar="PATH", help="write the results as JSON ('-' for stdout)")
@@ -547,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--recipe", metavar="FILE.yaml", help="recipe: pipeline with per-layer options and training "
                                                           "settings; arguments given here override its settings")
     c.add_argument("--out", required=True)
-    c.add_argument("--force", action="store_true", help="replace --out even if it is not a .dcc file")
+    c.add_argument("--force", action="store_true", help="replace --out (and --json) even if it is not a .dcc (.json) file")
     c.add_argument("--verify", action="store_true", default=None)
     c.add_argument("--seed", type=int, help="base random seed (default 0, or the recipe's)")
     c.add_argument("--json", metavar="PATH")
@@ -599,13 +638,19 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     args = build_parser().parse_args(argv)
     _set_threads(args.threads)
-    _check_json(getattr(args, "json", None))
+    _check_json(args)
+    _check_dump_dir(getattr(args, "dump_ir", None))
+    if isinstance(getattr(args, "file", None), str):
+        _check_in(args.file)
     nproc = getattr(args, "nproc", None)
     if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:  # launch the ranks; each runs without --nproc
         raise SystemExit(dist.launch(nproc, _strip_nproc(sys.argv[1:] if argv is None else argv)))
     try:
         dist.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group
         args.func(args)
+    except BrokenPipeError:  # `dccomp inspect f.dcc | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0) from None
     except DatasetNotFoundError as e:
         _fail(str(e))
     except (DccompError, OSError, ValueError) as e:

@@ -366,6 +366,8 @@ def _fold_like_the_file(model: nn.Module, f: "DccFile") -> None:
             layer.bias = nn.Parameter(torch.zeros(shape, dtype=layer.weight.dtype))
         parent, _, child = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+    if folded:  # compiling this model again keeps the record (see dccomp.sync.carry_model_state)
+        model.dccomp_folded = {**getattr(model, "dccomp_folded", {}), **folded}
 
 
 def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> DccFile | nn.Module:
@@ -375,7 +377,9 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
         path: file path (or the file's bytes).
         model: optional instance of the architecture; its parameters and buffers are replaced by the file's.
             If the file was compressed with ``fold-bn``, the folded BatchNorm modules of ``model`` are replaced
-            by ``nn.Identity`` and their layers get the folded bias (the model then computes what was saved).
+            by ``nn.Identity`` and their layers get the folded bias (the model then computes what was saved);
+            ``model.dccomp_folded`` records them, so compressing this model again writes a file that loads
+            into a fresh instance as well.
 
     Returns:
         ``model`` with the weights restored (in eval mode), or a :class:`DccFile` when no model is given.

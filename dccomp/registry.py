@@ -205,4 +205,5 @@ def _type_problem(cls: type, key: str, value: Any) -> str | None:
     if tp is None or _matches(value, tp) is not False:
         return None
     shown = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-    return f"must be {shown}, got {type(value).__name__}"
+    hint = " (write true or false)" if tp is bool else ""
+    return f"must be {shown}, got {type(value).__name__} {value!r}{hint}"

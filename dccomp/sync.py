@@ -92,7 +92,12 @@ def carry_model_state(ir: IR, model: nn.Module) -> None:
       mode would update BatchNorm running statistics.
     * Entries the traced graph never reads (``torch.fx`` leaves their modules out of ``ir.gm``) go to
       ``ir.unused`` and are saved raw, so ``dccomp.load(path, model=SameClass())`` always finds every key.
+    * A model loaded from a ``fold-bn`` file (``dccomp.load(path, model=M())`` sets ``model.dccomp_folded``)
+      keeps that record in ``ir.folded``, so a file made from it again loads into a fresh ``M()`` too.
     """
+    folded = getattr(model, "dccomp_folded", None)
+    if isinstance(folded, dict):
+        ir.folded = {**folded, **ir.folded}
     own = dict(model.named_buffers(remove_duplicate=False))
     with torch.no_grad():
         for name, b in ir.gm.named_buffers(remove_duplicate=False):

@@ -71,7 +71,7 @@ def test_compress_user_model_from_module_class(tmp_path):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["inspect", "nope.dcc"], "No such file"),
+    (["inspect", "nope.dcc"], "does not exist"),
     (["compress", "lenet-9", "--pipeline", "prune{sparsity=0.5}", "--out", "x.dcc"], "neither a built-in"),
     (["compress", "lenet-300-100", "--pipeline", "prune{sparsity=2}", "--out", "x.dcc", "--input-shape", "1,28,28"],
      "sparsity must be a number in [0, 1]"),

@@ -168,3 +168,9 @@ def test_a_folded_file_loads_back_into_the_original_class(tmp_path):
     r = dccomp.load(tmp_path / "m.dcc", model=Net())
     assert isinstance(r.b1, nn.Identity) and r.c1.bias is not None
     torch.testing.assert_close(r(x), c.eval()(x), rtol=1e-5, atol=1e-6)
+    # compressing the loaded model again (CLI: compress --weights m.dcc) keeps the fold-bn record
+    c2 = dccomp.compile(r, "cluster{bits=3},huffman", example_inputs=x)
+    c2.save(tmp_path / "again.dcc")
+    r2 = dccomp.load(tmp_path / "again.dcc", model=Net())
+    assert isinstance(r2.b1, nn.Identity)
+    torch.testing.assert_close(r2(x), c2.eval()(x), rtol=1e-5, atol=1e-6)

@@ -365,3 +365,49 @@ def test_bad_training_data_is_named_before_torch_fails(data, msg):
     with pytest.raises((ValueError, DccompError), match=msg):
         dccomp.compile(LeNet300100(), "prune{sparsity=0.5},retrain{epochs=1}",
                        example_inputs=torch.zeros(1, 1, 28, 28), train_data=data)
+
+
+def test_json_never_replaces_inputs_outputs_or_foreign_files(tmp_path, capsys):
+    """Found by a new user: --json x.dcc replaced the compressed output (and --json w.pt the weights)."""
+    import json as _json
+
+    from dccomp.cli import main
+
+    torch.manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save(Small().state_dict(), weights)
+    out = tmp_path / "x.dcc"
+    base = ["compress", "test_hardening:Small", "--weights", str(weights), "--input-shape", "8",
+            "--pipeline", "cluster{bits=4}", "--out", str(out)]
+    for target in (out, weights):
+        before = target.read_bytes() if target.exists() else None
+        with pytest.raises(SystemExit) as e:
+            main(base + ["--json", str(target)])
+        assert e.value.code == 2 and "write the JSON elsewhere" in capsys.readouterr().err
+        assert (target.read_bytes() if target.exists() else None) == before
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    with pytest.raises(SystemExit):
+        main(base + ["--json", str(notes)])
+    assert notes.read_text() == "keep me" and "not a .json file" in capsys.readouterr().err
+    main(base + ["--json", str(tmp_path / "r.json")])
+    assert "ratio" in _json.loads((tmp_path / "r.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["inspect", str(out), "--json", str(out)])
+    assert out.read_bytes()[:4] != b"{\n  " and "write the JSON elsewhere" in capsys.readouterr().err
+
+
+def test_cli_input_and_option_errors_say_what_to_do(tmp_path, capsys):
+    from dccomp.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(tmp_path / "missing.dcc")])
+    assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(SystemExit):
+        main(["demo", "--dump-ir", str(tmp_path / "f.txt"), "--data", "digits"])
+    assert "takes a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["compress", "lenet-300-100", "--random-weights", "--input-shape", "1,28,28", "--pipeline",
+              "retrain{freeze_bn=1}", "--out", str(tmp_path / "o.dcc")])
+    assert "true or false" in capsys.readouterr().err
