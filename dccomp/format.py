@@ -51,11 +51,12 @@ def _coded_for_file(ir: IR, w: Weight) -> Coded:
 
 
 def _pack_raw(name: str, t: torch.Tensor) -> tuple[bytes, dict, str | None]:
-    """``(buf, descr, dtype)`` of a raw tensor; bfloat16 (which numpy lacks) is stored widened to float32, exactly,
-    with ``dtype="bfloat16"`` in its manifest entry so it is restored as bfloat16."""
+    """``(buf, descr, dtype)`` of a raw tensor; bfloat16 (which numpy lacks) is stored as its 16-bit patterns
+    (a ``uint16`` array, 2 bytes per value) with ``dtype="bfloat16"`` in its manifest entry so it is restored as
+    bfloat16 (files before this stored it widened to float32; both read back)."""
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:
-        buf, descr = pack_array(t.float().numpy())
+        buf, descr = pack_array(t.contiguous().view(torch.int16).numpy().view(np.uint16))
         return buf, descr, "bfloat16"
     try:
         buf, descr = pack_array(t.numpy())
@@ -323,6 +324,8 @@ class DccFile:
         """The dense value of tensor ``name`` (decoded), in its stored dtype."""
         values = self.decode(name, state=False)[0]
         dt = self._entries[name].get("dtype")  # validated for weights; dense arrays keep their own dtype
+        if dt == "bfloat16" and values.dtype == torch.uint16:  # bfloat16 bit patterns
+            return values.view(torch.bfloat16)
         return values.to(_DT_TORCH[dt]) if isinstance(dt, str) and dt in _DT_TORCH and values.is_floating_point() else values
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -382,7 +385,8 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
             into a fresh instance as well.
 
     Returns:
-        ``model`` with the weights restored (in eval mode), or a :class:`DccFile` when no model is given.
+        ``model`` with the weights restored (in eval mode; floating-point tensors in the file's dtype, e.g. a
+        float16 model's weights make a float32 ``model`` float16), or a :class:`DccFile` when no model is given.
 
     Raises:
         FormatError: anything wrong with the file (truncated, corrupted, wrong magic, newer version,
@@ -425,6 +429,12 @@ def load(path: str | os.PathLike | bytes, model: nn.Module | None = None) -> Dcc
     with torch.no_grad():
         for k, b in transient.items():
             b.copy_(sd.pop(k))
+        # floating-point tensors come back in the file's dtype (a float16/bfloat16 model into a float32 template)
+        tensors = dict(model.named_parameters(remove_duplicate=False)) | dict(model.named_buffers(remove_duplicate=False))
+        for k, t in sd.items():
+            ref = tensors.get(k)
+            if ref is not None and ref.is_floating_point() and t.is_floating_point() and ref.dtype != t.dtype:
+                ref.data = ref.data.to(t.dtype)
     model.load_state_dict(sd, strict=True)
     model.eval()
     return model

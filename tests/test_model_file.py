@@ -549,3 +549,23 @@ def test_missing_file_is_oserror(tmp_path):
     with pytest.raises(FileNotFoundError):
         dccomp.load(tmp_path / "nope.dcc")
 
+
+
+def test_half_models_come_back_in_their_dtype_and_bfloat16_is_stored_in_2_bytes(tmp_path):
+    """Found by a new user: a float16 file loaded into a float32 template stayed float32 (a half input then
+    failed), and bfloat16 biases/BatchNorm tensors were stored widened to float32."""
+    import dccomp
+
+    torch.manual_seed(0)
+    for dtype in (torch.float16, torch.bfloat16):
+        m = nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Linear(32, 4)).eval().to(dtype)
+        x = torch.randn(3, 64, dtype=dtype)
+        c = dccomp.compile(m, "prune{sparsity=0.5},cluster{bits=4},huffman", example_inputs=x)
+        path = tmp_path / f"{dtype}.dcc"
+        c.save(path)
+        f = dccomp.load(path)
+        if dtype == torch.bfloat16:
+            assert f.info("0.bias")["array"]["dtype"] == "uint16"  # the bit patterns, 2 bytes each
+        r = dccomp.load(path, model=nn.Sequential(nn.Linear(64, 32), nn.BatchNorm1d(32), nn.Linear(32, 4)))
+        assert all(p.dtype == dtype for p in r.parameters())
+        assert torch.equal(r(x), c.eval()(x))
