@@ -514,17 +514,20 @@ def cmd_passes(a: argparse.Namespace) -> None:
     from .passdoc import describe_options
     from .registry import available_backends, available_passes, get_pass, NamedPipeline
 
-    for name in available_passes():
+    names = available_passes()
+    pipelines = [n for n in names if isinstance(get_pass(n), NamedPipeline)]
+    print("passes (options: name, type, default, meaning):")
+    for name in (n for n in names if n not in pipelines):
         obj = get_pass(name)
-        doc = obj.doc if isinstance(obj, NamedPipeline) else " ".join(
-            (obj.__doc__ or "").replace("``", "").strip().split("\n\n")[0].split())  # the docstring's first paragraph
+        doc = " ".join((obj.__doc__ or "").replace("``", "").strip().split("\n\n")[0].split())  # first paragraph
         print(f"{name:<18} {doc}")
-        if isinstance(obj, NamedPipeline):
-            print(f"    = {obj.text}")
-            continue
         for o in describe_options(obj):
             print(f"    {o.name:<15} {o.type:<17} = {o.default:<9} {o.meaning or '(undocumented)'}")
-    print("backends: " + ", ".join(available_backends()))
+    print("\nnamed pipelines (use the name as pipeline text):")
+    for name in pipelines:
+        obj = get_pass(name)
+        print(f"{name:<18} {obj.doc}\n    = {obj.text}")
+    print("\nbackends: " + ", ".join(available_backends()))
 
 
 _NPROC_HELP = ("retrain data-parallel in N processes on this machine (runs itself under torchrun --standalone "
