@@ -77,8 +77,9 @@ class EntropyCode(Pass):
                                      f"|c| = {float(w.codebook.abs().max()):.6g} > 65504); use codebook_dtype=float32")
                 w.codebook = half
                 live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
-                with torch.no_grad():
-                    p[live] = decode_codebook(w.codebook, w.indices)[live].to(p.dtype)
+                if bool(live.any()):  # (an all-pruned weight has an empty codebook)
+                    with torch.no_grad():
+                        p[live] = decode_codebook(w.codebook, w.indices)[live].to(p.dtype)
             bits = select_value(w, self.layers, self.index_bits or default_index_bits(w.kind))
             if bits == "auto":  # the width whose coded streams are smallest (the codes stream does not depend on it)
                 tries = [code_weight(p, w, self.coder, b) for b in AUTO_INDEX_BITS] if w.mask is not None else []
