@@ -100,6 +100,10 @@ def test_granularity_layers_override():
     text = str(c.ir)
     assert "0.weight conv2d f32[8,3,3,3] clustered density=1.0000 k=8x8 bits=3" in text
     assert "2.weight conv2d.depthwise f32[8,1,3,3] clustered density=1.0000 k=8 bits=3" in text
+    from dccomp.pipeline import parse_pipeline, print_pipeline
+
+    passes = parse_pipeline('cluster{granularity=channel,group_size=2,granularity_layers={"conv2d.*":"tensor"}}')
+    assert parse_pipeline(print_pipeline(passes)) == passes
 
 
 def test_padding_and_exact_small_groups():
@@ -225,3 +229,23 @@ def test_per_channel_error_not_above_per_tensor():
             rel1, rel2 = float((e1 / energy).mean()), float((e2 / energy).mean())
             assert rel2 < 0.1 * rel1, (bits, init, rel1, rel2)  # channels spanning 300x: far better per channel
 
+
+
+def test_sync_and_inspect(tmp_path, capsys):
+    from dccomp.cli import main
+    from dccomp.errors import StaleStateError
+
+    torch.manual_seed(4)
+    c = dccomp.compile(nn.Sequential(nn.Linear(30, 8)), "cluster{bits=3,granularity=channel,group_size=2},huffman")
+    path = tmp_path / "m.dcc"
+    c.save(path)  # the live model equals the IR: nothing to refuse
+    main(["inspect", str(path)])
+    w = c.ir.weights["0.weight"]
+    assert f"k={w.k}x{w.codebook.shape[0]}" in capsys.readouterr().out
+    with torch.no_grad():
+        live = dict(c.named_parameters())
+        key = next(k for k in live if k.endswith("0.weight"))
+        other = next(float(v) for v in w.codebook[-1] if not bool((w.codebook[0] == v).any()))
+        live[key][0, 0] = other  # a centroid of the last row, not of row 0's
+    with pytest.raises(StaleStateError, match="no longer one of the k="):
+        c.save(path)
