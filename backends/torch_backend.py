@@ -13,7 +13,8 @@ __all__ = ["TorchBackend"]
 
 class TorchBackend:
     """Reference lowering: a copy of the traced ``GraphModule`` whose parameters hold the compressed weights'
-    values (``codebook[indices] * mask``, exactly what the IR verifier checks). Always available; every other
+    values (``codebook[indices] * mask``, per-channel codebooks ``codebook[row, indices] * mask``: exactly what the
+    IR verifier checks). Always available; every other
     backend is tested against it."""
 
     name = "torch"

@@ -15,6 +15,12 @@ Configurations: ``fp16`` (weights stored as float16), ``int8-dynamic`` (``torch.
 clustering, linear / k-means++ init, Huffman coded, no folding, no retraining), ``fold-cluster8`` (fold-bn first),
 ``best`` (fold-bn, prune the big 1x1/fc layers, distil, cluster with k-means++, distil on unlabelled views,
 Huffman), ``best-8x`` (the same recipe, more pruning and fewer bits: sized for >= 8x).
+
+Per-channel codebooks (``cluster{granularity=channel}``): ``pcB`` (B = 3..8) folds BatchNorm, then clusters every
+weight with one B-bit k-means++ codebook per output channel (``--group-size`` channels per codebook), except the
+first conv and the depthwise convs (a 3x3 depthwise channel has only 9 weights), which keep one 8-bit codebook
+per tensor; Huffman, float16 codebooks. ``pcB-distill`` adds unlabelled distillation (``retrain{distill=1}``,
+``--epochs``/``--lr``) of the centroids and biases before coding.
 """
 from __future__ import annotations
 
@@ -35,6 +41,8 @@ import torch
 from torch import nn
 
 CONFIGS = ("fp16", "int8-dynamic", "cluster8-linear", "cluster8", "fold-cluster8", "best", "best-8x")
+#: per-channel codebook configurations (not run by default): ``pc<bits>`` and ``pc<bits>-distill``.
+PC_CONFIG = re.compile(r"pc([3-8])(-distill)?")
 #: ``best-8x``: the ``best`` recipe with these options, chosen to land at >= 8x.
 AGGRESSIVE = {"sparsity": 0.5, "bits": 5, "other_bits": 6}
 TARGET = {"ratio": 8.0, "agreement": 0.95}
@@ -80,6 +88,23 @@ def best_pipeline(ir, a: argparse.Namespace) -> str:
             + distil(a.epochs, a.lr) + ",huffman")
 
 
+def distil_pass(a: argparse.Namespace, epochs: float, lr: float) -> str:
+    """The unlabelled-distillation ``retrain`` pass of these recipes (Adam, KL to the fp32 model, BN frozen)."""
+    return (f"retrain{{distill=1,distill_loss={a.kd},temperature={a.temperature},epochs={epochs},lr={lr},"
+            "optimizer=adam,weight_decay=0,freeze_bn=true}")
+
+
+def channel_pipeline(ir, a: argparse.Namespace, bits: int, distill: bool) -> str:
+    """fold-bn, per-channel ``bits``-bit k-means++ codebooks (first conv and depthwise convs: one 8-bit codebook
+    per tensor), [distil ``a.epochs``], Huffman with float16 codebooks."""
+    first = next(iter(ir.weights.values())).name
+    small = json.dumps("conv2d.depthwise|" + _alternation([first]))
+    cluster = (f"cluster{{bits={bits},init=kmeans++,granularity=channel,group_size={a.group_size},"
+               f"layers={{{small}:8}},granularity_layers={{{small}:\"tensor\"}}}}")
+    return "fold-bn," + cluster + ("," + distil_pass(a, a.epochs, a.lr) if distill else "") + \
+        ",huffman{codebook_dtype=float16}"
+
+
 def run_one(model_name: str, config: str, a: argparse.Namespace) -> dict:
     import dccomp
     from dccomp import zoo
@@ -107,7 +132,14 @@ def run_one(model_name: str, config: str, a: argparse.Namespace) -> dict:
         out.update(file_bytes=nbytes, ratio=fp32 / nbytes, reference_bytes=fp32, size_basis="torch.save state_dict")
     else:
         trainer = None
-        if config in ("best", "best-8x"):
+        pc = PC_CONFIG.fullmatch(config)
+        if pc:
+            pipeline = channel_pipeline(dense_ir, a, int(pc.group(1)), bool(pc.group(2)))
+            if pc.group(2):
+                views = zoo.photo_views(a.train_views, split="train", seed=2, size=a.distill_size)
+                trainer = dccomp.Trainer(views, batch_size=a.batch_size)
+                out.update(train_views=a.train_views, distill_size=a.distill_size, batch_size=a.batch_size)
+        elif config in ("best", "best-8x"):
             if config == "best-8x":  # the size target first: more pruning, fewer bits
                 a = argparse.Namespace(**{**vars(a), **AGGRESSIVE})
             pipeline = best_pipeline(dense_ir, a)
@@ -125,6 +157,7 @@ def run_one(model_name: str, config: str, a: argparse.Namespace) -> dict:
             assert nbytes == os.path.getsize(os.path.join(tmp, "m.dcc"))
         out.update(file_bytes=nbytes, ratio=out["dense_file_bytes"] / nbytes, pipeline=pipeline,
                    layer_bytes={r["layer"]: r["total_bytes"] for r in compiled.report().to_dict()["rows"]},
+                   codebook_bytes=sum(r.codebook_bytes for r in compiled.report().rows),
                    size_basis=".dcc file", records={k: {kk: vv for kk, vv in v.items() if kk in ("loss", "steps")}
                                                     for k, v in compiled.records.items() if k.startswith("retrain")})
     out["seconds"] = time.perf_counter() - t0
@@ -151,6 +184,7 @@ def main() -> None:
     ap.add_argument("--bits", type=int, default=6)
     ap.add_argument("--other-bits", type=int, default=8, help="cluster bits of the layers that are not big")
     ap.add_argument("--min-numel", type=int, default=100_000)
+    ap.add_argument("--group-size", type=int, default=1, help="output channels per codebook (pc* configs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="bench/results/zoo.json")

@@ -444,7 +444,8 @@ def cmd_inspect(a: argparse.Namespace) -> None:
         e = f.info(name)
         if e["role"] == "weight":
             m = e["meta"]
-            k = e.get("codebook", {}).get("shape", ["-"])[0]
+            cshape = e.get("codebook", {}).get("shape", ["-"])
+            k = f"{cshape[1]}x{cshape[0]}" if isinstance(cshape, list) and len(cshape) == 2 else cshape[0]
             shape = ",".join(map(str, e["shape"]))
             nbytes = sum(sizes[f"{name}/{s}"] for s in e["streams"])
             print(f"  {name} {e['kind']} f32[{shape}] density={m['nnz'] / max(m['n'], 1):.4f} k={k} "

@@ -312,9 +312,16 @@ class DccFile:
                       _req(e, "meta", dict, where))
         codebook = None
         if "codebook" in e:
-            codebook = unpack_array(self.container.section(f"{name}/codebook"), e["codebook"], 1 << 16)
-            if codebook.ndim != 1 or codebook.dtype.kind != "f" or not np.isfinite(codebook).all():
-                raise FormatError(f"{where}: codebook must be a finite 1-D float array")
+            rows = shape[0] if shape else 1  # a 2-D codebook has at most one row per dim-0 slice
+            codebook = unpack_array(self.container.section(f"{name}/codebook"), e["codebook"],
+                                    min(MAX_ELEMENTS, max(rows, 1) << 16))
+            if codebook.ndim not in (1, 2) or codebook.dtype.kind != "f" or not np.isfinite(codebook).all():
+                raise FormatError(f"{where}: codebook must be a finite float array of shape (k,) or (G, k), got "
+                                  f"{codebook.dtype} {codebook.shape}")
+            if codebook.ndim == 2 and (codebook.shape[0] < 1 or (shape[0] if shape else 1) % codebook.shape[0]
+                                       or (shape and shape[0] == 0 and codebook.shape[0] != 1)):
+                raise FormatError(f"{where}: a per-channel codebook of shape {codebook.shape} needs G = "
+                                  f"{codebook.shape[0]} to divide dim 0 of the weight's shape {shape}")
             codebook = codebook.astype(np.float32)
         values, mask, indices = decode_weight(name, shape, coded, codebook, state=state)
         cb = None if codebook is None else torch.from_numpy(codebook)

@@ -21,7 +21,56 @@ from typing import Any, Iterator
 import torch
 from torch import fx, nn
 
-__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR", "keep_non_persistent"]
+__all__ = ["State", "Weight", "Coded", "DenseParam", "Op", "IR", "keep_non_persistent", "decode_codebook",
+           "codebook_rows"]
+
+
+def codebook_rows(codebook: torch.Tensor, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+    """The codebook row serving each dim-0 slice of a weight of ``shape``: int64 ``(shape[0],)``.
+
+    A 1-D codebook ``(k,)`` serves every slice (all rows 0). A 2-D codebook ``(G, k)`` has one row per group of
+    ``S = shape[0] // G`` consecutive dim-0 slices (output channels of Linear/Conv, input channels of
+    ConvTranspose): slice ``i`` uses row ``i // S``.
+
+    Raises:
+        ValueError: the codebook is not 1-D or 2-D, or ``G`` does not divide ``shape[0]``.
+    """
+    n0 = int(shape[0]) if len(shape) else 1
+    if codebook.dim() == 1:
+        return torch.zeros(n0, dtype=torch.int64)
+    if codebook.dim() != 2:
+        raise ValueError(f"a codebook is 1-D (k,) or 2-D (G, k), got shape {tuple(codebook.shape)}")
+    g = int(codebook.shape[0])
+    if g < 1 or n0 % g or (n0 == 0 and g != 1):
+        raise ValueError(f"a 2-D codebook of {g} rows must divide dim 0 of the weight (shape {tuple(shape)}) into "
+                         f"equal groups; use G = a divisor of {n0}")
+    return torch.arange(n0, dtype=torch.int64) // (n0 // g)
+
+
+def decode_codebook(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """The weight values a codebook and its cluster indices stand for (Deep Compression §3, shared weights).
+
+    Args:
+        codebook: float tensor ``(k,)`` (one codebook for the tensor) or ``(G, k)`` (G codebooks, G dividing
+            ``indices.shape[0]``; row ``g`` serves the dim-0 slices ``[g*S, (g+1)*S)``, ``S = shape[0] // G``).
+        indices: int64 tensor of the weight's shape holding local cluster indices in ``[0, k)``.
+
+    Returns:
+        float32 tensor of ``indices``' shape: ``codebook[indices]`` or ``codebook[row_group, indices]``. Pruned
+        positions are not zeroed here (apply the mask).
+
+    Raises:
+        ValueError: a codebook that is not 1-D/2-D or whose G does not divide dim 0. IndexError: an index >= k.
+    """
+    cb = codebook.float()
+    if cb.dim() == 1:
+        return cb[indices]
+    rows = codebook_rows(cb, indices.shape)
+    k = cb.shape[1]
+    gid = rows.reshape((-1,) + (1,) * (indices.dim() - 1)) * k + indices
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= k):
+        raise IndexError(f"cluster indices span [{int(indices.min())}, {int(indices.max())}], outside [0, {k})")
+    return cb.reshape(-1)[gid]
 
 
 def keep_non_persistent(src: nn.Module, dst: nn.Module) -> None:
@@ -81,9 +130,12 @@ class Weight:
             for grouped convolutions), ``conv_transpose1d/2d/3d``, ``embedding``, ``rnn`` (LSTM/GRU/RNN matrices).
         users: names of the graph ops (fx node names) that read this weight; more than one means a tied weight.
         mask: ``torch.bool`` tensor of the weight's shape, ``True`` where the weight survives; ``None`` if unpruned.
-        codebook: float32 tensor of shape ``(k,)``, the shared weights (centroids), ``None`` until clustered.
-        indices: int64 tensor of the weight's shape, cluster index of each weight (0 where masked out);
-            ``None`` until clustered.
+        codebook: float32 tensor of shape ``(k,)`` (one codebook for the tensor, the paper's) or ``(G, k)`` (G
+            codebooks, G dividing ``shape[0]``; row ``g`` serves the dim-0 slices ``[g*S, (g+1)*S)``,
+            ``S = shape[0] // G``): the shared weights (centroids), ``None`` until clustered. In a 2-D codebook
+            a row's unused entries are padded with its largest used centroid (every row finite).
+        indices: int64 tensor of the weight's shape, the local cluster index in ``[0, k)`` of each weight (0 where
+            masked out); ``None`` until clustered. Values: :func:`decode_codebook`.
         bits: bits per cluster index actually needed, ``max(1, ceil(log2(k')))`` for the k' centroids kept
             (<= the requested bits; the paper's P+Q weight bits).
         coded: the entropy-coded streams, ``None`` until coded.
@@ -113,8 +165,13 @@ class Weight:
 
     @property
     def k(self) -> int | None:
-        """Number of centroids (codebook entries), ``None`` until clustered."""
-        return None if self.codebook is None else int(self.codebook.numel())
+        """Entries per codebook (``codebook.shape[-1]``), ``None`` until clustered."""
+        return None if self.codebook is None else int(self.codebook.shape[-1])
+
+    @property
+    def n_codebooks(self) -> int | None:
+        """Number of codebooks G (1 for a 1-D codebook), ``None`` until clustered."""
+        return None if self.codebook is None else (int(self.codebook.shape[0]) if self.codebook.dim() == 2 else 1)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .errors import StaleStateError
-from .ir import IR
+from .ir import IR, decode_codebook
 
 __all__ = ["sync_live_state"]
 
@@ -37,7 +37,8 @@ def _problem(ir: IR, name: str, live: torch.Tensor, held: torch.Tensor, weight_o
             return f"{bad} of {int((~w.mask).sum())} pruned entries are no longer 0"
     if w.codebook is not None:
         keep = w.mask if w.mask is not None else torch.ones_like(live, dtype=torch.bool)
-        off = int((live[keep] != w.codebook[w.indices[keep]].to(live.dtype)).sum())
+        off = int((live[keep] != decode_codebook(w.codebook, w.indices)[keep].to(live.dtype)).sum()) \
+            if bool(keep.any()) else 0
         if off:
             return f"{off} of {int(keep.sum())} clustered weights are no longer one of the k={w.k} centroids"
     return None

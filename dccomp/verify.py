@@ -9,7 +9,7 @@ import math
 import torch
 
 from .errors import VerificationError
-from .ir import IR, Weight
+from .ir import IR, Weight, decode_codebook
 
 __all__ = ["verify"]
 
@@ -35,15 +35,19 @@ def _check_weight(ir: IR, w: Weight) -> None:
             raise VerificationError(w.name, "indices/coded streams exist only with a codebook")
         return
     cb, idx = w.codebook, w.indices
-    if cb.dim() != 1 or cb.dtype != torch.float32:
-        raise VerificationError(w.name, "codebook is a 1-D float32 tensor", f"got {cb.dtype} {tuple(cb.shape)}")
+    if cb.dim() not in (1, 2) or cb.dtype != torch.float32:
+        raise VerificationError(w.name, "codebook is a float32 tensor of shape (k,) or (G, k)",
+                                f"got {cb.dtype} {tuple(cb.shape)}")
+    if cb.dim() == 2 and (cb.shape[0] < 1 or not p.dim() or p.shape[0] % cb.shape[0] or p.shape[0] == 0):
+        raise VerificationError(w.name, "a (G, k) codebook's G divides dim 0 of the weight",
+                                f"G={cb.shape[0]}, weight {tuple(p.shape)}")
     if not torch.isfinite(cb).all():
         raise VerificationError(w.name, "codebook entries are finite", "found NaN or Inf")
     if idx is None or tuple(idx.shape) != tuple(p.shape) or idx.dtype.is_floating_point:
         got = None if idx is None else f"{idx.dtype} {tuple(idx.shape)}"
         raise VerificationError(w.name, "cluster indices are integers of the weight's shape", f"got {got}")
     live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
-    k = cb.numel()
+    k = cb.shape[-1]
     if k == 0 and bool(live.any()):
         raise VerificationError(w.name, "a layer with surviving weights has a non-empty codebook")
     live_idx = idx[live]
@@ -51,7 +55,8 @@ def _check_weight(ir: IR, w: Weight) -> None:
         raise VerificationError(w.name, "cluster indices < k",
                                 f"indices span [{int(live_idx.min())}, {int(live_idx.max())}] with k={k}")
     if live_idx.numel():
-        diff = int((p[live] != cb[live_idx].to(p.dtype)).sum())  # a centroid as the weight's dtype holds it
+        decoded = decode_codebook(cb, idx.long().masked_fill(~live, 0))
+        diff = int((p[live] != decoded[live].to(p.dtype)).sum())  # a centroid as the weight's dtype holds it
         if diff:
             raise VerificationError(w.name, "clustered weights == codebook[indices]", f"{diff} weights differ")
     if w.bits is None or (k > 1 and w.bits < math.ceil(math.log2(k))):
@@ -68,8 +73,9 @@ def verify(ir: IR) -> None:
     """Check the IR's invariants.
 
     Checked per weight: mask shape == weight shape and dtype bool; masked entries exactly 0; codebook a finite
-    1-D float32 tensor; cluster indices integer, weight-shaped, ``0 <= index < k`` at surviving positions;
-    surviving weights == ``codebook[indices]`` exactly (rounded to the weight's dtype: float16/bfloat16 models); ``bits >= ceil(log2 k)``; coded size == sum of its
+    float32 tensor ``(k,)`` or ``(G, k)`` with G dividing dim 0; cluster indices integer, weight-shaped,
+    ``0 <= index < k`` at surviving positions; surviving weights == ``codebook[indices]`` (per-channel:
+    ``codebook[row, indices]``, :func:`~dccomp.ir.decode_codebook`) exactly (rounded to the weight's dtype: float16/bfloat16 models); ``bits >= ceil(log2 k)``; coded size == sum of its
     streams. Checked for the model: every parameter is either a compressible weight or listed dense, exactly
     once, so sizes add up.
 

@@ -6,7 +6,9 @@ A weight is stored according to its state:
 - ``masked``: ``gaps`` = relative sparse indices (``index_bits`` fields, filler entries, see
   :mod:`dccomp.coding.sparse`), ``values`` = float32 raw survivors.
 - ``clustered``/``coded``: ``gaps`` as above (absent when the weight has no mask), ``codes`` = cluster index of
-  each survivor; the codebook is stored beside (float32, or float16 when the codebook was rounded to it).
+  each survivor; the codebook is stored beside (float32, or float16 when the codebook was rounded to it). A
+  per-channel codebook ``(G, k)`` (see :func:`dccomp.ir.decode_codebook`) keeps the codes local (alphabet
+  ``k``); a survivor at flat position ``p`` decodes with row ``(p // (n / shape[0])) // (shape[0] / G)``.
 
 Symbol streams go through a coder: ``fixed`` (fixed width: the paper's P+Q), ``huffman`` (canonical Huffman,
 P+Q+H) or ``ans``. Decoding validates every count against the declared shape and raises ``FormatError``.
@@ -68,10 +70,10 @@ def code_weight(values: torch.Tensor, w: Weight, coder: str, index_bits: int) ->
         live = torch.ones_like(flat, dtype=torch.bool)
         meta["nnz"] = int(flat.numel())
     if w.codebook is not None:
-        k = max(int(w.codebook.numel()), 1)
+        k = max(int(w.codebook.shape[-1]), 1)
         codes = w.indices.reshape(-1)[live].numpy().astype(np.int32)
         streams["codes"], meta["codes"] = c.compress(codes, k)
-        meta["k"] = int(w.codebook.numel())
+        meta["k"] = int(w.codebook.shape[-1])
     else:
         streams["values"] = flat[live].numpy().astype("<f4").tobytes()
     return Coded(coder, index_bits, streams, meta, n_fillers)
@@ -89,6 +91,7 @@ def decode_weight(name: str, shape: list[int], coded: Coded, codebook: np.ndarra
     """Inverse of :func:`code_weight`.
 
     Args:
+        codebook: ``(k,)`` or ``(G, k)`` float array (G dividing ``shape[0]``), or ``None`` when not clustered.
         state: also rebuild the dense mask and cluster-index tensors (the IR's state); ``False`` returns only
             the weight values (what loading into a model needs: 9x less memory traffic than int64 indices).
 
@@ -149,7 +152,13 @@ def decode_weight(name: str, shape: list[int], coded: Coded, codebook: np.ndarra
     out = np.zeros(n, dtype=np.float32)
     indices = None
     if codebook is not None:
-        k = int(codebook.size)
+        if codebook.ndim not in (1, 2):
+            raise FormatError(f"{where}: codebook must be 1-D (k,) or 2-D (G, k), got shape {codebook.shape}")
+        k = int(codebook.shape[-1])
+        n_rows = 1 if codebook.ndim == 1 else int(codebook.shape[0])
+        n0 = shape[0] if shape else 1
+        if codebook.ndim == 2 and (n_rows < 1 or n0 % n_rows or (n0 == 0 and n_rows != 1)):
+            raise FormatError(f"{where}: a codebook of {n_rows} rows must divide dim 0 ({n0}) of shape {shape}")
         if _int(m, "k", 0, 1 << 16, where) != k:
             raise FormatError(f"{where}: codebook has {k} entries, declared {m['k']}")
         if nnz and k == 0:
@@ -157,7 +166,14 @@ def decode_weight(name: str, shape: list[int], coded: Coded, codebook: np.ndarra
         codes = run("codes", max(k, 1), nnz, True)
         if codes.size != nnz or (codes.size and int(codes.max()) >= k):
             raise FormatError(f"{where}: cluster indices out of range for k={k}")
-        vals = codebook.astype(np.float32)[codes] if nnz else np.zeros(0, np.float32)
+        if not nnz:
+            vals = np.zeros(0, np.float32)
+        elif codebook.ndim == 1:
+            vals = codebook.astype(np.float32)[codes]
+        else:  # row of each survivor: its dim-0 slice // slices per row
+            per_row = (n // n0) * (n0 // n_rows)  # flat elements served by one codebook row
+            at = pos if sparse else np.arange(n, dtype=np.int64)
+            vals = codebook.astype(np.float32).reshape(-1)[(at // per_row) * k + codes]
         if sparse:
             out[pos] = vals
         else:

@@ -1,4 +1,4 @@
-"""``cluster``: weight sharing by per-layer 1-D k-means (Deep Compression §3)."""
+"""``cluster``: weight sharing by per-layer (or per-channel-group) 1-D k-means (Deep Compression §3)."""
 from __future__ import annotations
 
 import math
@@ -9,14 +9,16 @@ import numpy as np
 import torch
 
 from dccomp.classify import FC_KINDS
-from dccomp.ir import IR, State, Weight
+from dccomp.ir import IR, State, Weight, decode_codebook
 from dccomp.kmeans import kmeans_1d
 from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
 
-__all__ = ["Cluster", "cluster_weight", "default_bits"]
+__all__ = ["Cluster", "cluster_weight", "cluster_weight_grouped", "default_bits", "GRANULARITIES"]
 
 INITS = ("linear", "density", "random", "kmeans++", "optimal")
 EMPTY = ("drop", "reseed")
+#: ``tensor``: one codebook per weight (the paper); ``channel``: one per group of ``group_size`` dim-0 slices.
+GRANULARITIES = ("tensor", "channel")
 
 
 def default_bits(w: Weight) -> int:
@@ -49,6 +51,52 @@ def cluster_weight(values: torch.Tensor, mask: torch.Tensor | None, bits: int, i
     return torch.from_numpy(np.asarray(codebook, dtype=np.float32)).clone(), indices
 
 
+def cluster_weight_grouped(values: torch.Tensor, mask: torch.Tensor | None, bits: int, n_groups: int,
+                           init: str = "linear", seed: int = 0, empty: str = "drop"
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster each group of dim-0 slices of one weight with its own codebook (per-channel weight sharing).
+
+    Group ``g`` is the slices ``[g*S, (g+1)*S)`` of dim 0, ``S = shape[0] // n_groups`` (output channels of
+    Linear/Conv, input channels of ConvTranspose); its surviving entries get 1-D k-means exactly as
+    :func:`cluster_weight` (same ``init``/``empty``; ``seed + g`` for group ``g``). The codebook is padded to the
+    largest ``k'`` over the groups: a row's unused entries repeat its largest used centroid (0 for a group with
+    no surviving weight), so every row is finite and non-decreasing.
+
+    Args:
+        values: weight tensor (float, at least 1-D, ``shape[0]`` divisible by ``n_groups``).
+        mask: bool tensor of the same shape (``True`` = survives) or ``None``.
+        bits: bits per cluster index; each group gets at most ``2**bits`` centroids.
+        n_groups: number of codebooks G, dividing ``shape[0]``.
+
+    Returns:
+        ``(codebook float32 (G, k), indices int64 of values' shape)``, ``k = max_g k'_g >= 1``; indices are the
+        local cluster index within the slice's row (0 at pruned positions).
+
+    Raises:
+        ValueError: ``n_groups`` does not divide ``shape[0]``.
+    """
+    n0 = int(values.shape[0]) if values.dim() else 0
+    if n_groups < 1 or n0 % n_groups or n0 == 0:
+        raise ValueError(f"cannot split dim 0 of a weight of shape {tuple(values.shape)} into {n_groups} equal "
+                         f"codebook groups; use a number of groups that divides {n0}")
+    v = values.detach().reshape(n_groups, -1).double().numpy()
+    live = (mask.reshape(n_groups, -1).numpy() if mask is not None else np.ones(v.shape, dtype=bool))
+    books, labels = [], []
+    for g in range(n_groups):
+        cb, lab = kmeans_1d(v[g][live[g]], 2 ** bits, init=init, seed=seed + g, empty=empty)
+        books.append(cb)
+        labels.append(lab)
+    k = max(1, max(len(cb) for cb in books))
+    codebook = np.zeros((n_groups, k), dtype=np.float32)
+    idx = np.zeros(v.shape, dtype=np.int64)
+    for g, (cb, lab) in enumerate(zip(books, labels)):
+        if len(cb):
+            codebook[g, :len(cb)] = cb
+            codebook[g, len(cb):] = cb[-1]
+        idx[g][live[g]] = lab
+    return torch.from_numpy(codebook), torch.from_numpy(idx).reshape(values.shape)
+
+
 @dataclass(frozen=True)
 class Cluster(Pass):
     """Weight sharing: per-layer 1-D k-means on the surviving (non-zero-mask) weights only.
@@ -63,6 +111,14 @@ class Cluster(Pass):
     ``empty`` (``drop`` default: centroids that capture no weight are removed; ``reseed``: they are re-seeded at
     the worst-fit weights, so the codebook uses all ``2**bits`` entries -- with the linear init on a pruned
     layer most centroids otherwise fall in the empty middle and are dropped).
+
+    Codebook granularity: ``granularity=tensor`` (default, the paper: one codebook ``(k,)`` per weight) or
+    ``channel`` (a ``(G, k)`` codebook, one row per ``group_size`` consecutive dim-0 slices -- output channels of
+    Linear/Conv, input channels of ConvTranspose -- each clustered on its own; ``group_size`` must divide
+    ``shape[0]``). Per-channel codebooks suit compact networks whose channels have very different ranges
+    (MobileNet, EfficientNet after fold-bn); each costs ``k`` centroids in the file, so a 3x3 depthwise channel
+    (9 weights) is better left per-tensor: ``granularity_layers`` ``{regex: "tensor"|"channel"}`` overrides the
+    granularity per layer, matched like ``layers``.
     """
 
     name = "cluster"
@@ -73,9 +129,19 @@ class Cluster(Pass):
     exclude: str | None = None
     seed: int = 0
     empty: str = "drop"
+    granularity: str = "tensor"
+    group_size: int = 1
+    granularity_layers: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         validate_selectors(self.layers, self.exclude)
+        validate_selectors(self.granularity_layers)
+        for g in [self.granularity] + list(self.granularity_layers.values()):
+            if g not in GRANULARITIES:
+                raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {g!r}")
+        if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
+            raise ValueError(f"group_size must be an integer >= 1 (dim-0 slices per codebook), got "
+                             f"{self.group_size!r}")
         for b in ([self.bits] if self.bits is not None else []) + list(self.layers.values()):
             if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16:
                 raise ValueError(f"bits must be an integer in [1, 16], got {b!r}")
@@ -84,8 +150,24 @@ class Cluster(Pass):
         if self.empty not in EMPTY:
             raise ValueError(f"empty must be one of {', '.join(EMPTY)}, got {self.empty!r}")
 
+    def _granularity(self, w: Weight) -> str:
+        return select_value(w, self.granularity_layers, self.granularity)
+
     def check(self, ir: IR) -> str | None:
-        return selector_problem(ir, self.layers, self.exclude) or super().check(ir)
+        problem = selector_problem(ir, self.layers, self.exclude) or selector_problem(ir, self.granularity_layers)
+        if problem:
+            return problem
+        for w in ir.weights.values():
+            if self.exclude and select_value(w, {self.exclude: True}, False):
+                continue
+            shape = tuple(ir.param(w.name).shape)
+            if self._granularity(w) == "channel" and (not shape or shape[0] % self.group_size or not shape[0]):
+                n0 = shape[0] if shape else 0
+                divisors = [d for d in range(1, n0 + 1) if n0 % d == 0][:12]
+                return (f"cluster{{granularity=channel,group_size={self.group_size}}}: group_size must divide dim 0 "
+                        f"of {w.name!r} (shape {shape}); divisors of {n0}: {divisors}; choose another group_size, "
+                        f"or keep this layer per-tensor with granularity_layers={{...: \"tensor\"}} or exclude")
+        return super().check(ir)
 
     def run(self, ir: IR, ctx: PassContext) -> PassResult:
         for i, w in enumerate(ir.weights.values()):
@@ -94,14 +176,20 @@ class Cluster(Pass):
                 continue
             bits = int(select_value(w, self.layers, self.bits if self.bits is not None else default_bits(w)))
             p = ir.param(w.name)
-            codebook, indices = cluster_weight(p, w.mask, bits, self.init, ctx.seed + self.seed + i, self.empty)
+            seed = ctx.seed + self.seed + i
+            if self._granularity(w) == "channel":
+                codebook, indices = cluster_weight_grouped(p, w.mask, bits, p.shape[0] // self.group_size,
+                                                           self.init, seed, self.empty)
+            else:
+                codebook, indices = cluster_weight(p, w.mask, bits, self.init, seed, self.empty)
             with torch.no_grad():
                 live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
                 new = torch.zeros_like(p)
                 if codebook.numel():
-                    new[live] = codebook[indices[live]].to(p.dtype)
+                    new[live] = decode_codebook(codebook, indices)[live].to(p.dtype)
                 p.copy_(new)
             w.codebook, w.indices = codebook, indices
-            w.bits = max(1, math.ceil(math.log2(codebook.numel()))) if codebook.numel() > 1 else 1  # bits used
+            k = int(codebook.shape[-1])
+            w.bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1  # bits used
         ctx.record(k={w.name: w.k for w in ir.weights.values()})
         return PassResult(ir, True)

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from dccomp.ir import IR, State
+from dccomp.ir import IR, State, decode_codebook
 from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
 from dccomp.wcodec import ALL_CODERS, code_weight, default_index_bits
 
@@ -29,6 +29,9 @@ class EntropyCode(Pass):
     Contract: needs every weight clustered (weights a previous pass skipped stay as they are and are stored raw);
     changes no weight value except with ``codebook_dtype=float16``, which rounds the codebook to float16 first
     so the stored file decodes to exactly the IR's weights. Must be the last pass that changes weights.
+
+    Per-channel codebooks ``(G, k)`` (``cluster{granularity=channel}``) are stored whole (``G * k`` entries, counted
+    in the file size) and the codes stream holds local indices in ``[0, k)``.
 
     Options:
 
@@ -78,8 +81,9 @@ class EntropyCode(Pass):
                                      f"|c| = {float(w.codebook.abs().max()):.6g} > 65504); use codebook_dtype=float32")
                 w.codebook = half
                 live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
-                with torch.no_grad():
-                    p[live] = w.codebook[w.indices[live]].to(p.dtype)
+                if bool(live.any()):  # (an all-pruned weight has an empty codebook)
+                    with torch.no_grad():
+                        p[live] = decode_codebook(w.codebook, w.indices)[live].to(p.dtype)
             bits = select_value(w, self.layers, self.index_bits or default_index_bits(w.kind))
             if bits == "auto":  # the width whose coded streams are smallest (the codes stream does not depend on it)
                 tries = [code_weight(p, w, self.coder, b) for b in AUTO_INDEX_BITS] if w.mask is not None else []

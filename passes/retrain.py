@@ -4,34 +4,61 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import math
+
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from dccomp.distill import KD_LOSSES, distill_loss, output_similarity, select_output
 from dccomp.errors import PassError
-from dccomp.ir import IR, State
+from dccomp.ir import IR, State, codebook_rows
 from dccomp.pass_infra import Pass, PassContext, PassResult
 from dccomp.train import call_model
 
-__all__ = ["Retrain", "SharedWeightModule"]
+__all__ = ["Retrain", "SharedWeightModule", "global_ids", "repad_unused"]
+
+
+def global_ids(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Flat codebook position of each weight: ``indices`` for a 1-D codebook ``(k,)``, ``g * k + indices`` for a
+    2-D ``(G, k)`` one (``g`` = the codebook row of the weight's dim-0 slice). int64, ``indices``' shape."""
+    if codebook.dim() == 1:
+        return indices
+    rows = codebook_rows(codebook, indices.shape)
+    return rows.reshape((-1,) + (1,) * (indices.dim() - 1)) * codebook.shape[1] + indices
 
 
 class _ClusterGather(torch.autograd.Function):
-    """``codebook[indices]`` whose backward is the per-cluster sum of the weight gradients (Eq. 3), computed
-    with ``bincount`` (one sequential pass: deterministic, unlike the multi-threaded scatter-add of indexing)."""
+    """``codebook.flatten()[ids]`` whose backward is the per-(codebook row, cluster) sum of the weight gradients
+    (Eq. 3), computed with ``bincount`` over the flat ids (one sequential pass: deterministic, unlike the
+    multi-threaded scatter-add of indexing). ``ids`` come from :func:`global_ids`."""
 
     @staticmethod
-    def forward(ctx, codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(indices)
-        ctx.k = codebook.numel()
-        return codebook[indices]
+    def forward(ctx, codebook: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.shape = codebook.shape
+        return codebook.reshape(-1)[ids]
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (indices,) = ctx.saved_tensors
-        summed = torch.bincount(indices.reshape(-1), weights=grad.reshape(-1).double(), minlength=ctx.k)
-        return summed.to(grad.dtype), None
+        (ids,) = ctx.saved_tensors
+        summed = torch.bincount(ids.reshape(-1), weights=grad.reshape(-1).double(), minlength=math.prod(ctx.shape))
+        return summed.to(grad.dtype).reshape(ctx.shape), None
+
+
+def repad_unused(codebook: torch.Tensor, indices: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """A 2-D codebook ``(G, k)`` with each row's unused entries (no surviving weight of the row's slices has that
+    index) set to the row's largest used centroid (0 for a row with none), as the per-channel convention requires
+    (unused entries get no gradient but may move with weight decay). 1-D codebooks are returned as they are."""
+    if codebook.dim() != 2:
+        return codebook
+    g, k = codebook.shape
+    ids = global_ids(codebook, indices)
+    live = ids[mask] if mask is not None else ids.reshape(-1)
+    used = torch.bincount(live.reshape(-1), minlength=g * k).reshape(g, k) > 0
+    top = torch.where(used, codebook, torch.full_like(codebook, -math.inf)).max(dim=1, keepdim=True).values
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return torch.where(used, codebook, top.expand(g, k)).contiguous()
 
 
 class SharedWeightModule(nn.Module):
@@ -40,7 +67,8 @@ class SharedWeightModule(nn.Module):
     For each clustered weight ``W`` with codebook ``C`` (k,), indices ``I`` and mask ``M``, the forward pass uses
     ``W = C[I] * M``: a gather from a centroid parameter, so autograd gives
     ``dL/dC_k = sum_{i: I_i = k, M_i} dL/dW_i`` (Deep Compression Eq. 3) and every weight stays equal to its
-    centroid. Other parameters (masked or dense weights, biases, BatchNorm) are the model's own and train as usual.
+    centroid. A per-channel codebook ``(G, k)`` is gathered as ``C[g(i), I_i]`` and each of its G*k centroids
+    gets the sum over the weights of its own row group and cluster. Other parameters (masked or dense weights, biases, BatchNorm) are the model's own and train as usual.
     """
 
     def __init__(self, ir: IR, freeze_bn: bool = False):
@@ -61,7 +89,7 @@ class SharedWeightModule(nn.Module):
             if not trainable:
                 self.frozen.add(w.name)
             self.centroids[key] = nn.Parameter(w.codebook.clone(), requires_grad=trainable)
-            self._index[w.name] = w.indices
+            self._index[w.name] = global_ids(w.codebook, w.indices)
             self._mask[w.name] = w.mask
             ir.param(w.name).requires_grad_(False)
 
@@ -202,7 +230,8 @@ class Retrain(Pass):
             shared = module.shared_weights()
             for w in ir.weights.values():
                 if w.codebook is not None:
-                    w.codebook = module.centroids[module._keys[w.name]].detach().clone()
+                    w.codebook = repad_unused(module.centroids[module._keys[w.name]].detach().clone(), w.indices,
+                                              w.mask)
                     ir.param(w.name).copy_(shared[w.name])
                     ir.param(w.name).requires_grad_(w.name not in module.frozen)
         ir.gm.eval()

@@ -31,8 +31,14 @@ def check_ir_invariants(ir: IR) -> None:
             live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
             idx = w.indices[live]
             if idx.numel():
-                assert 0 <= int(idx.min()) and int(idx.max()) < w.codebook.numel(), w.name
-                assert torch.equal(p[live], w.codebook[idx]), f"{w.name}: weights != codebook[indices]"
+                assert 0 <= int(idx.min()) and int(idx.max()) < w.codebook.shape[-1], w.name
+                if w.codebook.dim() == 1:
+                    assert torch.equal(p[live], w.codebook[idx]), f"{w.name}: weights != codebook[indices]"
+                else:  # per-channel: row g serves dim-0 slices [g*S, (g+1)*S)
+                    rows = w.codebook.repeat_interleave(p.shape[0] // w.codebook.shape[0], dim=0)
+                    flat_rows = rows.reshape(p.shape[0], 1, -1).expand(-1, p[0].numel(), -1).reshape(p.numel(), -1)
+                    want = flat_rows.gather(1, w.indices.reshape(-1, 1)).reshape(p.shape)
+                    assert torch.equal(p[live], want[live]), f"{w.name}: weights != codebook[row, indices]"
 
 
 @pytest.fixture

@@ -440,7 +440,7 @@ BAD_MANIFESTS = [
     ("streams not a list", _set(W, "streams", "gaps"), "streams"),
     ("codebook descr missing", _set(W, "codebook", _DEL), ""),
     ("codebook shape wrong", _set(W, "codebook", "shape", lambda s: [s[0] + 1]), "bytes"),
-    ("codebook 2-D", _set(W, "codebook", "shape", lambda s: [1, s[0]]), "1-D"),
+    ("codebook 3-D", _set(W, "codebook", "shape", lambda s: [1, 1, s[0]]), "(G, k)"),
     ("codebook int", _set(W, "codebook", "dtype", "int32"), "float"),
     ("codebook f16", _set(W, "codebook", "dtype", "float16"), ""),
     ("weight dtype weird", _set(W, "dtype", ["float32"]), "dtype"),
