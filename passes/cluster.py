@@ -177,6 +177,10 @@ class Cluster(Pass):
             bits = int(select_value(w, self.layers, self.bits if self.bits is not None else default_bits(w)))
             p = ir.param(w.name)
             seed = ctx.seed + self.seed + i
+            if not torch.isfinite(p.detach()).all():
+                raise ValueError(f"weight {w.name!r} holds NaN or infinite values; k-means cannot cluster them: fix "
+                                 "the model's weights (e.g. torch.nan_to_num) or exclude the layer with "
+                                 "cluster{exclude=...}")
             if self._granularity(w) == "channel":
                 codebook, indices = cluster_weight_grouped(p, w.mask, bits, p.shape[0] // self.group_size,
                                                            self.init, seed, self.empty)

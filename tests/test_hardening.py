@@ -411,3 +411,11 @@ def test_cli_input_and_option_errors_say_what_to_do(tmp_path, capsys):
         main(["compress", "lenet-300-100", "--random-weights", "--input-shape", "1,28,28", "--pipeline",
               "retrain{freeze_bn=1}", "--out", str(tmp_path / "o.dcc")])
     assert "true or false" in capsys.readouterr().err
+
+
+def test_nan_weight_is_named_by_cluster():
+    m = nn.Sequential(nn.Linear(4, 4))
+    with torch.no_grad():
+        m[0].weight[0, 0] = float("nan")
+    with pytest.raises(dccomp.PassError, match=r"'0.weight' holds NaN"):
+        dccomp.compile(m, "cluster{bits=2}", example_inputs=torch.randn(1, 4))
