@@ -1,0 +1,310 @@
+"""Dense-code layout: every weight (pruned ones too) as a 4- or 8-bit cluster index into a codebook, and the CPU
+kernels (conv2d, linear) that compute on it directly.
+
+Deep Compression's quantisation stage alone (no pruning, or moderate pruning) leaves a weight as ``k`` shared
+centroids plus one ``log2(k)``-bit cluster index per weight (Han et al., ICLR 2016, §3). Stored densely, that is
+4 or 8 bits per weight instead of 32, with no column indices: the smallest layout once a layer is denser than
+about 1/3 (CSR costs ~3 B per non-zero, the packed relative-index layout ~1 B). A pruned weight is a code whose
+centroid is exactly 0 (the codebook's own 0 entry, or an appended one)::
+
+    codes     uint8 (ceil(rows * cols * bits / 8),)  flat row-major codes; 4-bit: two per byte, element e in
+                                                    byte e // 2, low nibble when e is even (no row padding)
+    codebook  float32 (G, kc)                       G codebooks (G divides rows; row r uses codebook r // (rows/G))
+
+The kernels never hold the decoded float32 weight in the artifact: the conv kernel decodes the ``ob`` rows of its
+output-channel block (one byte load + one table lookup per weight) into a small task-local table once per call
+and then runs the register-blocked direct convolution of :func:`.conv_cpu.dense_conv2d_cpu` from it, so the
+decode is amortised over every output pixel of the plane; the linear kernel decodes one row at a time and reuses
+it for every input of the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .conv_cpu import fill_workspace_macro
+from .conv_geom import ConvGeom
+from .kernels import _act
+
+__all__ = ["DenseCodes", "dense_code_conv2d_cpu", "dense_code_linear_cpu", "decode_codebook"]
+
+
+def decode_codebook(codebook: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """float32 weight ``codebook[row_group, indices]`` for a ``(k,)`` or ``(G, k)`` codebook (dim 0 of
+    ``indices`` split into G equal groups; the shared per-channel codebook convention).
+
+    Raises:
+        ValueError: a 2-D codebook whose G does not divide ``indices.shape[0]``, or a codebook of another rank.
+    """
+    cb = np.asarray(codebook, np.float32)
+    idx = np.asarray(indices).astype(np.int64)
+    if cb.ndim == 1:
+        return cb[idx]
+    if cb.ndim != 2 or idx.ndim < 1 or idx.shape[0] % cb.shape[0]:
+        raise ValueError(f"codebook of shape {tuple(cb.shape)} does not fit indices of shape {tuple(idx.shape)}: "
+                         "expected (k,) or (G, k) with G dividing dim 0")
+    s = idx.shape[0] // cb.shape[0]
+    grp = (np.arange(idx.shape[0]) // s).reshape((-1,) + (1,) * (idx.ndim - 1))
+    return cb[grp, idx]
+
+
+@dataclass
+class DenseCodes:
+    """A ``rows x cols`` weight matrix in the dense-code layout (see the module docstring)."""
+
+    codes: np.ndarray     # uint8 (ceil(rows * cols * bits / 8),)
+    codebook: np.ndarray  # float32 (G, kc)
+    bits: int             # 4 or 8
+    shape: tuple[int, int]
+
+    @property
+    def groups(self) -> int:
+        return int(self.codebook.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.codebook.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the arrays as stored (codes + codebook)."""
+        return int(self.codes.nbytes + self.codebook.nbytes)
+
+    def arrays(self) -> list[np.ndarray]:
+        """The kernel's weight arguments in order: codes, flat codebook ``(G * kc,)``."""
+        return [self.codes, np.ascontiguousarray(self.codebook.reshape(-1))]
+
+    @staticmethod
+    def nbytes_for(rows: int, cols: int, k: int, groups: int, pruned: bool, zero_in_codebook: bool) -> int | None:
+        """Bytes :meth:`from_codebook` would give (``None`` if more than 256 codes are needed), without building."""
+        kc = k + (1 if pruned and not zero_in_codebook else 0)
+        if kc > 256:
+            return None
+        bits = 4 if kc <= 16 else 8
+        return -(-rows * cols * bits // 8) + 4 * groups * kc
+
+    @classmethod
+    def from_codebook(cls, indices: np.ndarray, codebook: np.ndarray, mask: np.ndarray | None = None,
+                      bits: int | None = None) -> "DenseCodes | None":
+        """From cluster indices (``rows x ...``, flattened to ``rows x cols``), a ``(k,)`` or ``(G, k)`` codebook
+        and an optional mask (``True`` = kept). Masked positions get the code of a 0 centroid: a row's own exact
+        0 entry when every codebook that serves pruned weights has one, else a 0 column appended to every
+        codebook. ``bits``: 4 or 8; default 4 when at most 16 codes are needed, else 8.
+
+        Returns ``None`` when the codes do not fit (more than 256, or more than 16 with ``bits=4``).
+
+        Raises:
+            ValueError: bad ``bits``, a codebook that does not fit the indices, or a mask of another shape.
+        """
+        idx = np.asarray(indices).astype(np.int64)
+        rows = idx.shape[0]
+        idx = idx.reshape(rows, -1)
+        cb = np.asarray(codebook, np.float32)
+        cb = cb.reshape(1, -1) if cb.ndim == 1 else cb
+        if cb.ndim != 2 or rows % cb.shape[0]:
+            raise ValueError(f"codebook of shape {tuple(cb.shape)} does not fit {rows} rows: expected (k,) or "
+                             "(G, k) with G dividing the rows")
+        if bits not in (None, 4, 8):
+            raise ValueError(f"dense-code bits must be 4 or 8, got {bits}")
+        g, k = cb.shape
+        s = rows // g
+        grp = np.arange(rows) // s
+        if mask is not None:
+            mask = np.asarray(mask, bool)
+            if mask.size != idx.size:
+                raise ValueError(f"mask of {mask.size} elements for indices of {idx.size}")
+            pruned = ~mask.reshape(rows, -1)
+            if pruned.any():
+                rows_pruned = np.unique(grp[pruned.any(axis=1)])
+                has0 = (cb == 0)
+                if all(has0[r].any() for r in rows_pruned):
+                    zero = np.argmax(has0, axis=1)  # first 0 entry of each codebook
+                    idx = np.where(pruned, zero[grp][:, None], idx)
+                else:
+                    cb = np.concatenate([cb, np.zeros((g, 1), np.float32)], axis=1)
+                    idx = np.where(pruned, k, idx)
+                    k += 1
+        need = 4 if k <= 16 else 8
+        bits = bits or need
+        if k > 256 or bits < need:
+            return None
+        flat = idx.reshape(-1).astype(np.uint8)
+        if bits == 4:
+            if flat.size % 2:
+                flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+            codes = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+        else:
+            codes = flat
+        return cls(np.ascontiguousarray(codes), np.ascontiguousarray(cb, np.float32), bits, (rows, idx.shape[1]))
+
+    def to_dense(self) -> np.ndarray:
+        """The decoded float32 matrix (reference decoder)."""
+        rows, cols = self.shape
+        n = rows * cols
+        if self.bits == 4:
+            c = np.stack([self.codes & 15, self.codes >> 4], axis=1).reshape(-1)[:n]
+        else:
+            c = self.codes[:n]
+        return decode_codebook(self.codebook, c.reshape(rows, cols))
+
+
+def _decode_macro(bits: int, k: int, rows_per_group: int):
+    """TVMScript macro ``decode(codes, codebook, wl, dst, row, e)``: store the centroid of flat element ``e``
+    (of weight row ``row``, which picks the codebook) into ``wl[dst]``: one byte load, a nibble shift for 4-bit
+    codes, one table lookup."""
+    from tvm.script import tirx as T
+
+    four = bits == 4
+    s = rows_per_group
+
+    @T.macro
+    def decode(codes, codebook, wl, dst, row, e):
+        if four:
+            byte = T.bind(T.Cast("int32", codes[T.shift_right(e, 1)]))
+            wl[dst] = codebook[row // s * k + T.bitwise_and(T.shift_right(byte, T.bitwise_and(e, 1) * 4), 15)]
+        else:
+            wl[dst] = codebook[row // s * k + T.Cast("int32", codes[e])]
+
+    return decode
+
+
+def _ncodes(rows: int, cols: int, bits: int) -> int:
+    return max(1, -(-rows * cols * bits // 8))
+
+
+def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: int, cb_groups: int, bits: int):
+    """Direct convolution on dense codes ``name(x, codes, codebook, bias, y)`` (CPU, ``llvm``).
+
+    ``x`` float32 ``(n, c, h, w)``, ``codes`` uint8 (:class:`DenseCodes` of the ``(oc, c/groups*kh*kw)``
+    matrix, ``bits`` 4 or 8), ``codebook`` float32 ``(cb_groups * k,)`` (flat ``(G, k)``), ``bias`` float32
+    ``(oc,)``, ``y`` float32 ``(n, oc, oh, ow)``. Schedule of :func:`.conv_cpu.dense_conv2d_cpu`: the input goes
+    once into the padded, stride-decomposed workspace; parallel over (image, block of ``ob`` output channels of
+    one group); the block's ``ob`` weight rows are decoded once into a task-local float table, then every
+    ``g.chunk``-float chunk of the plane is an ``ob x chunk`` register tile whose input vectors each feed ``ob``
+    FMAs. ReLU/ReLU6 and bias fused.
+    """
+    from tvm.script import tirx as T
+
+    n, c, h, w, oc, oh, ow = g.n, g.c, g.h, g.w, g.oc, g.oh, g.ow
+    kh, kw, sh, sw, dh, dw = g.kh, g.kw, g.sh, g.sw, g.dh, g.dw
+    wq, pl, nph, icg, ocg = g.wq, g.plane, g.nphase, g.icg, g.ocg
+    kk = icg * kh * kw
+    ch, nch = g.chunk, g.nch
+    ws = g.ws_size
+    fill = fill_workspace_macro(g)
+    nob = oc // ob
+    direct = wq == ow
+    ohw = oh * ow
+    nfull = ohw // ch
+    nout = 1 if direct else nch * ch
+    ncode = _ncodes(oc, kk, bits)
+    ncb = cb_groups * k
+    decode = _decode_macro(bits, k, oc // cb_groups)
+    kvec = 16  # decode vector (a gather on AVX2/AVX-512)
+    nkv = kk // kvec
+
+    @T.prim_func
+    def kernel(x: T.Buffer((n, c, h, w), "float32"), codes: T.Buffer((ncode,), "uint8"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((oc,), "float32"),
+               y: T.Buffer((n, oc, oh, ow), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
+        xs = T.alloc_buffer((ws,), "float32", scope="global")
+        fill(x, xs)
+        for bo in T.parallel(n * nob):
+            acc = T.alloc_buffer((ob, ch), "float32", scope="global")
+            out = T.alloc_buffer((ob, nout), "float32", scope="global")
+            wl = T.alloc_buffer((ob * kk,), "float32", scope="global")
+            b = T.bind(bo // nob)
+            o0 = T.bind(bo % nob * ob)
+            gbase = T.bind((b * c + o0 // ocg * icg) * nph * pl)
+            for u in T.serial(ob):
+                for tq in T.serial(nkv):
+                    for v in T.vectorized(kvec):
+                        decode(codes, codebook, wl, u * kk + tq * kvec + v, o0 + u, (o0 + u) * kk + tq * kvec + v)
+                for t in T.serial(kk - nkv * kvec):
+                    decode(codes, codebook, wl, u * kk + nkv * kvec + t, o0 + u, (o0 + u) * kk + nkv * kvec + t)
+            for q in T.serial(nch):
+                for u in T.unroll(ob):
+                    for v in T.vectorized(ch):
+                        acc[u, v] = bias[o0 + u]
+                for ic in T.serial(icg):
+                    for r in T.serial(kh):
+                        for s in T.serial(kw):
+                            base = T.bind(gbase + (ic * nph + r * dh % sh * sw + s * dw % sw) * pl
+                                          + r * dh // sh * wq + s * dw // sw + q * ch)
+                            for u in T.unroll(ob):
+                                for v in T.vectorized(ch):
+                                    acc[u, v] = acc[u, v] + wl[u * kk + (ic * kh + r) * kw + s] * xs[base + v]
+                if direct:
+                    if q < nfull:
+                        for u in T.unroll(ob):
+                            for v in T.vectorized(ch):
+                                yf[(b * oc + o0 + u) * ohw + q * ch + v] = _act(acc[u, v], relu)
+                    else:
+                        for u in T.serial(ob):
+                            for v in T.serial(ohw - nfull * ch):
+                                yf[(b * oc + o0 + u) * ohw + nfull * ch + v] = _act(acc[u, v], relu)
+                else:
+                    for u in T.unroll(ob):
+                        for v in T.vectorized(ch):
+                            out[u, q * ch + v] = acc[u, v]
+            if not direct:
+                for u in T.serial(ob):
+                    for oy in T.serial(oh):
+                        for ox in T.serial(ow):
+                            y[b, o0 + u, oy, ox] = _act(out[u, oy * wq + ox], relu)
+
+    return kernel
+
+
+def dense_code_linear_cpu(n_out: int, n_in: int, batch: int, k: int, cb_groups: int, bits: int, *,
+                          relu: bool = False, name: str = "dcc_code_linear", block: int = 16, vec: int = 16):
+    """Linear layer on dense codes ``name(x[batch, n_in], codes, codebook, bias[n_out], y[batch, n_out])``
+    (CPU): ``y[b, i] = act(sum_j codebook[i // (n_out/G), code[i, j]] * x[b, j] + bias[i])``.
+
+    Parallel over ``block``-row blocks; each row is decoded once (one byte load + one table lookup per
+    weight, vectorised) into a task-local float row, then every batch input runs a ``vec``-wide vector dot
+    product with it, a horizontal sum and a scalar tail for ``n_in % vec``.
+    """
+    from tvm.script import tirx as T
+
+    nblk = (n_out + block - 1) // block
+    nv = n_in // vec
+    tail0 = nv * vec
+    ntail = n_in - tail0
+    ncode = _ncodes(n_out, n_in, bits)
+    ncb = cb_groups * k
+    decode = _decode_macro(bits, k, n_out // cb_groups)
+
+    @T.prim_func
+    def kernel(x: T.Buffer((batch, n_in), "float32"), codes: T.Buffer((ncode,), "uint8"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((n_out,), "float32"),
+               y: T.Buffer((batch, n_out), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
+        for blk in T.parallel(nblk):
+            wl = T.alloc_buffer((n_in,), "float32", scope="global")
+            acc = T.alloc_buffer((vec,), "float32", scope="global")
+            tl = T.alloc_buffer((1,), "float32", scope="global")
+            for ii in T.serial(T.min(block, n_out - blk * block)):
+                i = T.bind(blk * block + ii)
+                for jo in T.serial(nv):
+                    for v in T.vectorized(vec):
+                        decode(codes, codebook, wl, jo * vec + v, i, i * n_in + jo * vec + v)
+                for r in T.serial(ntail):
+                    decode(codes, codebook, wl, tail0 + r, i, i * n_in + tail0 + r)
+                for bb in T.serial(batch):
+                    for v in T.vectorized(vec):
+                        acc[v] = T.float32(0)
+                    tl[0] = T.float32(0)
+                    for jo in T.serial(nv):
+                        for v in T.vectorized(vec):
+                            acc[v] = acc[v] + wl[jo * vec + v] * x[bb, jo * vec + v]
+                    for r in T.serial(ntail):
+                        tl[0] = tl[0] + wl[tail0 + r] * x[bb, tail0 + r]
+                    for v in T.serial(vec):
+                        tl[0] = tl[0] + acc[v]
+                    y[bb, i] = _act(tl[0] + bias[i], relu)
+
+    return kernel
