@@ -27,7 +27,8 @@ from .conv_cpu import fill_workspace_macro
 from .conv_geom import ConvGeom
 from .kernels import _act
 
-__all__ = ["DenseCodes", "dense_code_conv2d_cpu", "dense_code_linear_cpu", "decode_codebook"]
+__all__ = ["DenseCodes", "dense_code_conv2d_cpu", "dense_code_linear_cpu", "dense_code_conv2d_func",
+           "dense_code_linear_func", "decode_codebook"]
 
 
 def decode_codebook(codebook: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -308,3 +309,50 @@ def dense_code_linear_cpu(n_out: int, n_in: int, batch: int, k: int, cb_groups: 
                     y[bb, i] = _act(tl[0] + bias[i], relu)
 
     return kernel
+
+
+def dense_code_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, kh: int, kw: int,
+                           stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1, k: int,
+                           cb_groups: int = 1, bits: int = 8, relu: bool | str = False,
+                           name: str = "dcc_code_conv2d"):
+    """The dense-code conv PrimFunc ``name(x, codes, codebook, bias, y)`` for a CPU ``target``
+    (:func:`dense_code_conv2d_cpu`; register tile of the target's ISA, ``ob`` = 4, 2 or 1 output channels).
+
+    Raises:
+        ValueError: inconsistent shapes, ``bits`` not 4/8, ``k`` out of range for ``bits``, or ``cb_groups`` not
+            dividing ``oc``.
+        NotImplementedError: a GPU target (GPU targets use the CSR kernels).
+    """
+    from .conv_geom import conv_geom, cpu_tiles
+    from .targets import target_kind
+
+    if target_kind(target) != "llvm":
+        raise NotImplementedError("the dense-code kernels are CPU (llvm) kernels; GPU targets use the CSR kernels")
+    _check_code_args(oc, k, cb_groups, bits)
+    g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, cpu_tiles(target).dense_chunk)
+    ob = next(b for b in (4, 2, 1) if g.ocg % b == 0)
+    return dense_code_conv2d_cpu(g, relu, name, ob, k, cb_groups, bits)
+
+
+def dense_code_linear_func(target: dict, n_out: int, n_in: int, batch: int, *, k: int, cb_groups: int = 1,
+                           bits: int = 8, relu: bool = False, name: str = "dcc_code_linear"):
+    """The dense-code linear PrimFunc (:func:`dense_code_linear_cpu`) for a CPU ``target``.
+
+    Raises:
+        ValueError / NotImplementedError: as :func:`dense_code_conv2d_func`.
+    """
+    from .targets import target_kind
+
+    if target_kind(target) != "llvm":
+        raise NotImplementedError("the dense-code kernels are CPU (llvm) kernels; GPU targets use the CSR kernels")
+    _check_code_args(n_out, k, cb_groups, bits)
+    return dense_code_linear_cpu(n_out, n_in, batch, k, cb_groups, bits, relu=relu, name=name)
+
+
+def _check_code_args(rows: int, k: int, cb_groups: int, bits: int) -> None:
+    if bits not in (4, 8):
+        raise ValueError(f"dense-code bits must be 4 or 8, got {bits}")
+    if not 1 <= k <= (1 << bits):
+        raise ValueError(f"k={k} centroids do not fit {bits}-bit codes (1 <= k <= {1 << bits})")
+    if cb_groups < 1 or rows % cb_groups:
+        raise ValueError(f"cb_groups={cb_groups} codebooks must divide the {rows} output rows")
