@@ -70,7 +70,7 @@ class TVMBackend:
             example_inputs: tensors giving the static input shapes (else ``ir.input_shapes``).
             **options: ``kernel="sparse"|"dense"`` forces the linear/conv kernel; ``weights="fast"|"small"|
                 "balanced"`` and ``max_bytes_ratio`` choose each layer's weight layout (CSR, packed, dense
-                4/8-bit cluster indices, dense float32: see :mod:`.layouts`); ``no_fuse=True`` disables
+                1..8-bit cluster indices, dense float32: see :mod:`.layouts`); ``no_fuse=True`` disables
                 ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch; ``detect_cpu`` (default ``True`` here,
                 ``False`` in :meth:`export`) adds this machine's ``mcpu`` to the ``llvm`` target (AVX2/AVX-512
                 instead of generic x86-64 SSE2); ``convert_map={aten op: fn(node, importer)}`` adds frontend

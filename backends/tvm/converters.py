@@ -31,7 +31,7 @@ class LayerInfo:
     ``kind``: ``sparse_linear``, ``code_linear``, ``dense_linear``, ``sparse_conv2d``, ``code_conv2d``,
     ``dense_conv2d``, ``sparse_embedding``, or ``frontend`` (the weight is read by an op TVM's frontend lowers
     itself, with the decoded dense weight as a constant: e.g. LSTM, ConvTranspose). ``layout``: the weight
-    layout (:mod:`.layouts`: ``csr``, ``packed``, ``code4``, ``code8``, ``dense``). ``const_nbytes``: bytes of
+    layout (:mod:`.layouts`: ``csr``, ``packed``, ``code<bits>`` e.g. ``code4``, ``dense``). ``const_nbytes``: bytes of
     the layer's weight and bias constants.
     """
 
@@ -150,9 +150,11 @@ class Converters:
             self.layers.append(info)
         self.lowered.add(pname)
 
-    def _pick(self, cands: list[Candidate], w, density: float, rule_dense, x_shape, out_shape, name: str):
+    def _pick(self, cands: list[Candidate], w, density: float, rule_dense, x_shape, out_shape, name: str,
+              band: float = BAND):
         """``(candidate, timed)``: the layer's layout by the ``weights=`` mode (:func:`.layouts.choose`), timing
-        the candidates on this machine when :meth:`_calibrating`."""
+        the candidates on this machine when :meth:`_calibrating` (sparse and dense layouts both within ``band``
+        of the rule's crossover)."""
         coded = None
         if w is not None and getattr(w, "coded", None) is not None:
             coded = int(w.coded.nbytes) + (0 if w.codebook is None else 4 * int(w.codebook.numel()))
@@ -162,7 +164,7 @@ class Converters:
                           out_shape)
 
         return choose(cands, self.options, density, rule_dense, timer if self._calibrating() else None, coded,
-                      BAND)
+                      band)
 
     def _code_candidate(self, w, weight: np.ndarray, rows: int, make_func) -> Candidate | None:
         """The dense-code candidate of a clustered weight on a CPU target (``None`` if it does not apply)."""
@@ -268,8 +270,10 @@ class Converters:
             cands += [code] if code is not None else []
             cands.append(Candidate("dense", weight.nbytes, lambda: K.dense_linear_cpu(
                 n_out, n_in, batch, relu=relu, name=name), lambda: [weight]))
+        # linear: the measured sparse/dense threshold decides sparse vs not (band 0); timing only picks between
+        # the dense-code and dense float32 kernels
         cand, timed = self._pick(cands, w, density, lambda d: K.use_dense(d, weight.size), (batch, n_in),
-                                 (batch, n_out), name)
+                                 (batch, n_out), name, band=0.0)
         kind = "sparse_linear" if cand.sparse else ("dense_linear" if cand.layout == "dense" else "code_linear")
         args = [x2] + cand.kernel_args(self.consts(pname, cand.layout, cand.arrays)) + [bias]
         info = LayerInfo(layer, kind, (n_out, n_in), density, cand.nbytes + bias_bytes, relu, dict(cand.info),

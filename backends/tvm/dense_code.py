@@ -3,13 +3,17 @@ kernels (conv2d, linear) that compute on it directly.
 
 Deep Compression's quantisation stage alone (no pruning, or moderate pruning) leaves a weight as ``k`` shared
 centroids plus one ``log2(k)``-bit cluster index per weight (Han et al., ICLR 2016, §3). Stored densely, that is
-4 or 8 bits per weight instead of 32, with no column indices: the smallest layout once a layer is denser than
-about 1/3 (CSR costs ~3 B per non-zero, the packed relative-index layout ~1 B). A pruned weight is a code whose
-centroid is exactly 0 (the codebook's own 0 entry, or an appended one)::
+``bits = ceil(log2(kc))`` (1..8) bits per weight instead of 32, with no column indices: the smallest layout once
+a layer is denser than about 1/3 (CSR costs ~3 B per non-zero, the packed relative-index layout ~1 B). A pruned
+weight is a code whose centroid is exactly 0 (the codebook's own 0 entry, or an appended one)::
 
-    codes     uint8 (ceil(rows * cols * bits / 8),)  flat row-major codes; 4-bit: two per byte, element e in
-                                                    byte e // 2, low nibble when e is even (no row padding)
+    codes     uint8 (ceil(rows * cols * bits / 8),)  flat row-major codes as an LSB-first bit stream: element e
+                                                    holds bits [e*bits, (e+1)*bits) (no row padding); 8-bit: one
+                                                    byte each; 4-bit: two per byte, low nibble first
     codebook  float32 (G, kc)                       G codebooks (G divides rows; row r uses codebook r // (rows/G))
+
+The kernels have fast paths for 8-bit (one byte load) and 4-bit (byte load + nibble shift) codes; other widths
+read the two bytes an element can straddle.
 
 The kernels never hold the decoded float32 weight in the artifact: the conv kernel decodes the ``ob`` rows of its
 output-channel block (one byte load + one table lookup per weight) into a small task-local table once per call
@@ -56,7 +60,7 @@ class DenseCodes:
 
     codes: np.ndarray     # uint8 (ceil(rows * cols * bits / 8),)
     codebook: np.ndarray  # float32 (G, kc)
-    bits: int             # 4 or 8
+    bits: int             # 1..8
     shape: tuple[int, int]
 
     @property
@@ -82,8 +86,7 @@ class DenseCodes:
         kc = k + (1 if pruned and not zero_in_codebook else 0)
         if kc > 256:
             return None
-        bits = 4 if kc <= 16 else 8
-        return -(-rows * cols * bits // 8) + 4 * groups * kc
+        return -(-rows * cols * _bits_for(kc) // 8) + 4 * groups * kc
 
     @classmethod
     def from_codebook(cls, indices: np.ndarray, codebook: np.ndarray, mask: np.ndarray | None = None,
@@ -91,9 +94,9 @@ class DenseCodes:
         """From cluster indices (``rows x ...``, flattened to ``rows x cols``), a ``(k,)`` or ``(G, k)`` codebook
         and an optional mask (``True`` = kept). Masked positions get the code of a 0 centroid: a row's own exact
         0 entry when every codebook that serves pruned weights has one, else a 0 column appended to every
-        codebook. ``bits``: 4 or 8; default 4 when at most 16 codes are needed, else 8.
+        codebook. ``bits``: 1..8; default the fewest that hold the codes, ``ceil(log2(kc))``.
 
-        Returns ``None`` when the codes do not fit (more than 256, or more than 16 with ``bits=4``).
+        Returns ``None`` when the codes do not fit (more than 256, or more than ``2**bits``).
 
         Raises:
             ValueError: bad ``bits``, a codebook that does not fit the indices, or a mask of another shape.
@@ -106,8 +109,8 @@ class DenseCodes:
         if cb.ndim != 2 or rows % cb.shape[0]:
             raise ValueError(f"codebook of shape {tuple(cb.shape)} does not fit {rows} rows: expected (k,) or "
                              "(G, k) with G dividing the rows")
-        if bits not in (None, 4, 8):
-            raise ValueError(f"dense-code bits must be 4 or 8, got {bits}")
+        if bits is not None and bits not in range(1, 9):
+            raise ValueError(f"dense-code bits must be 1..8, got {bits}")
         g, k = cb.shape
         s = rows // g
         grp = np.arange(rows) // s
@@ -126,46 +129,58 @@ class DenseCodes:
                     cb = np.concatenate([cb, np.zeros((g, 1), np.float32)], axis=1)
                     idx = np.where(pruned, k, idx)
                     k += 1
-        need = 4 if k <= 16 else 8
-        bits = bits or need
-        if k > 256 or bits < need:
+        if k > 256 or (bits or 8) < _bits_for(k):
             return None
-        flat = idx.reshape(-1).astype(np.uint8)
-        if bits == 4:
-            if flat.size % 2:
-                flat = np.concatenate([flat, np.zeros(1, np.uint8)])
-            codes = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
-        else:
-            codes = flat
+        bits = bits or _bits_for(k)
+        codes = _pack(idx.reshape(-1), bits)
         return cls(np.ascontiguousarray(codes), np.ascontiguousarray(cb, np.float32), bits, (rows, idx.shape[1]))
 
     def to_dense(self) -> np.ndarray:
         """The decoded float32 matrix (reference decoder)."""
         rows, cols = self.shape
-        n = rows * cols
-        if self.bits == 4:
-            c = np.stack([self.codes & 15, self.codes >> 4], axis=1).reshape(-1)[:n]
-        else:
-            c = self.codes[:n]
-        return decode_codebook(self.codebook, c.reshape(rows, cols))
+        return decode_codebook(self.codebook, _unpack(self.codes, self.bits, rows * cols).reshape(rows, cols))
 
 
-def _decode_macro(bits: int, k: int, rows_per_group: int):
+def _bits_for(kc: int) -> int:
+    """Fewest bits that hold ``kc`` codes (at least 1)."""
+    return max(1, int(kc - 1).bit_length())
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 LSB-first bit stream of ``codes`` (each < 2**bits), ``ceil(len * bits / 8)`` bytes."""
+    n = codes.size
+    bitv = ((codes.astype(np.int64)[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(bitv, bitorder="little")[: -(-n * bits // 8)]
+
+
+def _unpack(stream: np.ndarray, bits: int, n: int) -> np.ndarray:
+    """The ``n`` codes of :func:`_pack`'s stream (int64)."""
+    bitv = np.unpackbits(stream, bitorder="little")[: n * bits].reshape(n, bits).astype(np.int64)
+    return (bitv << np.arange(bits)).sum(axis=1)
+
+
+def _decode_macro(bits: int, k: int, rows_per_group: int, ncode: int):
     """TVMScript macro ``decode(codes, codebook, wl, dst, row, e)``: store the centroid of flat element ``e``
     (of weight row ``row``, which picks the codebook) into ``wl[dst]``: one byte load, a nibble shift for 4-bit
     codes, one table lookup."""
     from tvm.script import tirx as T
 
-    four = bits == 4
+    four, eight = bits == 4, bits == 8
     s = rows_per_group
+    mask = (1 << bits) - 1
 
     @T.macro
     def decode(codes, codebook, wl, dst, row, e):
-        if four:
+        if eight:
+            wl[dst] = codebook[row // s * k + T.Cast("int32", codes[e])]
+        elif four:
             byte = T.bind(T.Cast("int32", codes[T.shift_right(e, 1)]))
             wl[dst] = codebook[row // s * k + T.bitwise_and(T.shift_right(byte, T.bitwise_and(e, 1) * 4), 15)]
         else:
-            wl[dst] = codebook[row // s * k + T.Cast("int32", codes[e])]
+            lo = T.bind(e * bits)
+            i = T.bind(T.shift_right(lo, 3))
+            two = T.bind(T.Cast("int32", codes[i]) + T.shift_left(T.Cast("int32", codes[T.min(i + 1, ncode - 1)]), 8))
+            wl[dst] = codebook[row // s * k + T.bitwise_and(T.shift_right(two, T.bitwise_and(lo, 7)), mask)]
 
     return decode
 
@@ -178,7 +193,7 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
     """Direct convolution on dense codes ``name(x, codes, codebook, bias, y)`` (CPU, ``llvm``).
 
     ``x`` float32 ``(n, c, h, w)``, ``codes`` uint8 (:class:`DenseCodes` of the ``(oc, c/groups*kh*kw)``
-    matrix, ``bits`` 4 or 8), ``codebook`` float32 ``(cb_groups * k,)`` (flat ``(G, k)``), ``bias`` float32
+    matrix, ``bits`` 1..8), ``codebook`` float32 ``(cb_groups * k,)`` (flat ``(G, k)``), ``bias`` float32
     ``(oc,)``, ``y`` float32 ``(n, oc, oh, ow)``. Schedule of :func:`.conv_cpu.dense_conv2d_cpu`: the input goes
     once into the padded, stride-decomposed workspace; parallel over (image, block of ``ob`` output channels of
     one group); the block's ``ob`` weight rows are decoded once into a task-local float table, then every
@@ -201,7 +216,7 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
     nout = 1 if direct else nch * ch
     ncode = _ncodes(oc, kk, bits)
     ncb = cb_groups * k
-    decode = _decode_macro(bits, k, oc // cb_groups)
+    decode = _decode_macro(bits, k, oc // cb_groups, ncode)
     kvec = 16  # decode vector (a gather on AVX2/AVX-512)
     nkv = kk // kvec
 
@@ -277,7 +292,7 @@ def dense_code_linear_cpu(n_out: int, n_in: int, batch: int, k: int, cb_groups: 
     ntail = n_in - tail0
     ncode = _ncodes(n_out, n_in, bits)
     ncb = cb_groups * k
-    decode = _decode_macro(bits, k, n_out // cb_groups)
+    decode = _decode_macro(bits, k, n_out // cb_groups, ncode)
 
     @T.prim_func
     def kernel(x: T.Buffer((batch, n_in), "float32"), codes: T.Buffer((ncode,), "uint8"),
@@ -319,7 +334,7 @@ def dense_code_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: 
     (:func:`dense_code_conv2d_cpu`; register tile of the target's ISA, ``ob`` = 4, 2 or 1 output channels).
 
     Raises:
-        ValueError: inconsistent shapes, ``bits`` not 4/8, ``k`` out of range for ``bits``, or ``cb_groups`` not
+        ValueError: inconsistent shapes, ``bits`` not in 1..8, ``k`` out of range for ``bits``, or ``cb_groups`` not
             dividing ``oc``.
         NotImplementedError: a GPU target (GPU targets use the CSR kernels).
     """
@@ -350,8 +365,8 @@ def dense_code_linear_func(target: dict, n_out: int, n_in: int, batch: int, *, k
 
 
 def _check_code_args(rows: int, k: int, cb_groups: int, bits: int) -> None:
-    if bits not in (4, 8):
-        raise ValueError(f"dense-code bits must be 4 or 8, got {bits}")
+    if bits not in range(1, 9):
+        raise ValueError(f"dense-code bits must be 1..8, got {bits}")
     if not 1 <= k <= (1 << bits):
         raise ValueError(f"k={k} centroids do not fit {bits}-bit codes (1 <= k <= {1 << bits})")
     if cb_groups < 1 or rows % cb_groups:

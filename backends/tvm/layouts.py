@@ -1,10 +1,11 @@
-"""Per-layer weight layout choice of the TVM backend among {CSR, packed, dense-code 4/8-bit, dense float32}.
+"""Per-layer weight layout choice of the TVM backend among {CSR, packed, dense-code 1..8-bit, dense float32}.
 
 Each compressed linear/conv weight can be stored in several layouts, each with its own kernel:
 
 * ``csr`` -- :class:`~.kernels.CSRCodebook` (column + cluster index per non-zero; every target);
 * ``packed`` -- :class:`~.packed.PackedCSR` (relative index + cluster index in one 8/16-bit entry; CPU conv);
-* ``code4`` / ``code8`` -- :class:`~.dense_code.DenseCodes` (a 4/8-bit cluster index per weight, pruned weights
+* ``code<b>`` (``code4``, ``code6``, ``code8``, ...) -- :class:`~.dense_code.DenseCodes` (a ``b``-bit cluster index
+  per weight, ``b = ceil(log2(k))``, pruned weights
   coded as a 0 centroid; CPU, clustered weights);
 * ``dense`` -- the decoded float32 weight (CPU).
 
@@ -40,7 +41,7 @@ BALANCED_RATIO = 1.5
 class Candidate:
     """One way to store a layer's weight.
 
-    ``layout``: ``csr`` | ``packed`` | ``code4`` | ``code8`` | ``dense``; ``nbytes``: bytes of its weight arrays;
+    ``layout``: ``csr`` | ``packed`` | ``code<bits>`` | ``dense``; ``nbytes``: bytes of its weight arrays;
     ``func()``: the kernel's PrimFunc; ``arrays()``: the distinct weight arrays (stored once each);
     ``order``: the kernel's weight arguments as indices into ``arrays()`` (the packed kernel reads one array
     twice); ``info``: what LayerInfo reports (dtypes, k, bits, ...).
