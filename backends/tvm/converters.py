@@ -166,16 +166,22 @@ class Converters:
         return choose(cands, self.options, density, rule_dense, timer if self._calibrating() else None, coded,
                       band)
 
-    def _code_candidate(self, w, weight: np.ndarray, rows: int, make_func) -> Candidate | None:
-        """The dense-code candidate of a clustered weight on a CPU target (``None`` if it does not apply)."""
+    def _code_candidates(self, w, weight: np.ndarray, rows: int, make_func) -> list[Candidate]:
+        """The dense-code candidates of a clustered weight on a CPU target: the fewest bits that hold its codes,
+        plus the 4-/8-bit layouts just above it (one byte load per code, faster to decode than other widths)."""
         if self.gpu or w is None or w.codebook is None or w.indices is None:
-            return None
-        dc = DenseCodes.from_codebook(_np(w.indices).reshape(rows, -1), _np(w.codebook),
-                                      (weight != 0).reshape(rows, -1))
-        if dc is None:
-            return None
-        return Candidate(f"code{dc.bits}", dc.nbytes, lambda: make_func(dc), dc.arrays,
-                         info={"bits": dc.bits, "k": dc.k, "cb_groups": dc.groups})
+            return []
+        out: list[Candidate] = []
+        for bits in (None, 4, 8):
+            dc = DenseCodes.from_codebook(_np(w.indices).reshape(rows, -1), _np(w.codebook),
+                                          (weight != 0).reshape(rows, -1), bits=bits)
+            if dc is None or any(c.layout == f"code{dc.bits}" for c in out) or (out and dc.bits < out[0].info["bits"]):
+                continue
+            out.append(Candidate(f"code{dc.bits}", dc.nbytes, lambda dc=dc: make_func(dc), dc.arrays,
+                                 info={"bits": dc.bits, "k": dc.k, "cb_groups": dc.groups}))
+            if bits is None and dc.bits in (4, 8):
+                break
+        return out
 
     def _bias(self, imp, node, n_out: int):
         """(relax expr, nbytes) of the bias argument (a zero constant when there is none)."""
@@ -265,9 +271,8 @@ class Converters:
         if not self.gpu:
             from .dense_code import dense_code_linear_func
 
-            code = self._code_candidate(w, weight, n_out, lambda dc: dense_code_linear_func(
+            cands += self._code_candidates(w, weight, n_out, lambda dc: dense_code_linear_func(
                 self.target, n_out, n_in, batch, k=dc.k, cb_groups=dc.groups, bits=dc.bits, relu=relu, name=name))
-            cands += [code] if code is not None else []
             cands.append(Candidate("dense", weight.nbytes, lambda: K.dense_linear_cpu(
                 n_out, n_in, batch, relu=relu, name=name), lambda: [weight]))
         # linear: the measured sparse/dense threshold decides sparse vs not (band 0); timing only picks between
@@ -364,9 +369,8 @@ class Converters:
         if not self.gpu:
             from .dense_code import dense_code_conv2d_func
 
-            code = self._code_candidate(w, weight, oc, lambda dc: dense_code_conv2d_func(
+            cands += self._code_candidates(w, weight, oc, lambda dc: dense_code_conv2d_func(
                 self.target, k=dc.k, cb_groups=dc.groups, bits=dc.bits, **geo))
-            cands += [code] if code is not None else []
             cands.append(Candidate("dense", weight.nbytes, lambda: CK.dense_conv2d_func(self.target, **geo),
                                    lambda: [np.ascontiguousarray(weight)], info={"groups": groups}))
         cand, timed = self._pick(cands, w, density, rule, (n, c, h, wd), (n, oc, oh, ow), name)

@@ -13,7 +13,8 @@ weight is a code whose centroid is exactly 0 (the codebook's own 0 entry, or an 
     codebook  float32 (G, kc)                       G codebooks (G divides rows; row r uses codebook r // (rows/G))
 
 The kernels have fast paths for 8-bit (one byte load) and 4-bit (byte load + nibble shift) codes; other widths
-read the two bytes an element can straddle.
+read the stream as 32-bit words (a code straddles at most two; the stream is padded to whole words plus one, at
+most 7 bytes), which vectorises as two 32-bit gathers and shifts.
 
 The kernels never hold the decoded float32 weight in the artifact: the conv kernel decodes the ``ob`` rows of its
 output-channel block (one byte load + one table lookup per weight) into a small task-local table once per call
@@ -86,7 +87,7 @@ class DenseCodes:
         kc = k + (1 if pruned and not zero_in_codebook else 0)
         if kc > 256:
             return None
-        return -(-rows * cols * _bits_for(kc) // 8) + 4 * groups * kc
+        return _stream_nbytes(rows * cols, _bits_for(kc)) + 4 * groups * kc
 
     @classmethod
     def from_codebook(cls, indices: np.ndarray, codebook: np.ndarray, mask: np.ndarray | None = None,
@@ -146,11 +147,21 @@ def _bits_for(kc: int) -> int:
     return max(1, int(kc - 1).bit_length())
 
 
+def _stream_nbytes(n: int, bits: int) -> int:
+    """Bytes of the code stream of ``n`` codes: ``ceil(n * bits / 8)``, for widths other than 4 and 8 rounded
+    up to whole 32-bit words plus one (the kernels read a code's two words)."""
+    nb = -(-n * bits // 8)
+    return nb if bits in (4, 8) else 4 * (-(-nb // 4) + 1)
+
+
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
-    """uint8 LSB-first bit stream of ``codes`` (each < 2**bits), ``ceil(len * bits / 8)`` bytes."""
+    """uint8 LSB-first bit stream of ``codes`` (each < 2**bits), :func:`_stream_nbytes` bytes (zero padded)."""
     n = codes.size
     bitv = ((codes.astype(np.int64)[:, None] >> np.arange(bits)) & 1).astype(np.uint8).reshape(-1)
-    return np.packbits(bitv, bitorder="little")[: -(-n * bits // 8)]
+    out = np.zeros(_stream_nbytes(n, bits), np.uint8)
+    packed = np.packbits(bitv, bitorder="little")
+    out[: packed.size] = packed
+    return out
 
 
 def _unpack(stream: np.ndarray, bits: int, n: int) -> np.ndarray:
@@ -159,10 +170,11 @@ def _unpack(stream: np.ndarray, bits: int, n: int) -> np.ndarray:
     return (bitv << np.arange(bits)).sum(axis=1)
 
 
-def _decode_macro(bits: int, k: int, rows_per_group: int, ncode: int):
-    """TVMScript macro ``decode(codes, codebook, wl, dst, row, e)``: store the centroid of flat element ``e``
-    (of weight row ``row``, which picks the codebook) into ``wl[dst]``: one byte load, a nibble shift for 4-bit
-    codes, one table lookup."""
+def _decode_macro(bits: int, k: int, rows_per_group: int):
+    """TVMScript macro ``decode(codes, words, codebook, wl, dst, row, e)``: store the centroid of flat element
+    ``e`` (of weight row ``row``, which picks the codebook) into ``wl[dst]``: one byte load (8-bit), a byte load
+    and a nibble shift (4-bit), or two 32-bit word loads of the stream ``words`` and shifts (other widths); then
+    one table lookup."""
     from tvm.script import tirx as T
 
     four, eight = bits == 4, bits == 8
@@ -170,7 +182,7 @@ def _decode_macro(bits: int, k: int, rows_per_group: int, ncode: int):
     mask = (1 << bits) - 1
 
     @T.macro
-    def decode(codes, codebook, wl, dst, row, e):
+    def decode(codes, words, codebook, wl, dst, row, e):
         if eight:
             wl[dst] = codebook[row // s * k + T.Cast("int32", codes[e])]
         elif four:
@@ -178,15 +190,17 @@ def _decode_macro(bits: int, k: int, rows_per_group: int, ncode: int):
             wl[dst] = codebook[row // s * k + T.bitwise_and(T.shift_right(byte, T.bitwise_and(e, 1) * 4), 15)]
         else:
             lo = T.bind(e * bits)
-            i = T.bind(T.shift_right(lo, 3))
-            two = T.bind(T.Cast("int32", codes[i]) + T.shift_left(T.Cast("int32", codes[T.min(i + 1, ncode - 1)]), 8))
-            wl[dst] = codebook[row // s * k + T.bitwise_and(T.shift_right(two, T.bitwise_and(lo, 7)), mask)]
+            wi = T.bind(T.shift_right(lo, 5))
+            sh = T.bind(T.Cast("uint32", T.bitwise_and(lo, 31)))
+            v = T.bind(T.bitwise_or(T.shift_right(words[wi], sh),
+                                    T.shift_left(T.shift_left(words[wi + 1], T.uint32(1)), T.uint32(31) - sh)))
+            wl[dst] = codebook[row // s * k + T.Cast("int32", T.bitwise_and(v, T.uint32(mask)))]
 
     return decode
 
 
 def _ncodes(rows: int, cols: int, bits: int) -> int:
-    return max(1, -(-rows * cols * bits // 8))
+    return max(1, _stream_nbytes(rows * cols, bits))
 
 
 def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: int, cb_groups: int, bits: int):
@@ -216,8 +230,9 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
     nout = 1 if direct else nch * ch
     ncode = _ncodes(oc, kk, bits)
     ncb = cb_groups * k
-    decode = _decode_macro(bits, k, oc // cb_groups, ncode)
+    decode = _decode_macro(bits, k, oc // cb_groups)
     kvec = 16  # decode vector (a gather on AVX2/AVX-512)
+    nwords = max(1, ncode // 4)
     nkv = kk // kvec
 
     @T.prim_func
@@ -226,6 +241,7 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
                y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
+        words = T.decl_buffer((nwords,), "uint32", data=codes.data)
         xs = T.alloc_buffer((ws,), "float32", scope="global")
         fill(x, xs)
         for bo in T.parallel(n * nob):
@@ -238,9 +254,10 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
             for u in T.serial(ob):
                 for tq in T.serial(nkv):
                     for v in T.vectorized(kvec):
-                        decode(codes, codebook, wl, u * kk + tq * kvec + v, o0 + u, (o0 + u) * kk + tq * kvec + v)
+                        decode(codes, words, codebook, wl, u * kk + tq * kvec + v, o0 + u,
+                               (o0 + u) * kk + tq * kvec + v)
                 for t in T.serial(kk - nkv * kvec):
-                    decode(codes, codebook, wl, u * kk + nkv * kvec + t, o0 + u, (o0 + u) * kk + nkv * kvec + t)
+                    decode(codes, words, codebook, wl, u * kk + nkv * kvec + t, o0 + u, (o0 + u) * kk + nkv * kvec + t)
             for q in T.serial(nch):
                 for u in T.unroll(ob):
                     for v in T.vectorized(ch):
@@ -291,14 +308,16 @@ def dense_code_linear_cpu(n_out: int, n_in: int, batch: int, k: int, cb_groups: 
     tail0 = nv * vec
     ntail = n_in - tail0
     ncode = _ncodes(n_out, n_in, bits)
+    nwords = max(1, ncode // 4)
     ncb = cb_groups * k
-    decode = _decode_macro(bits, k, n_out // cb_groups, ncode)
+    decode = _decode_macro(bits, k, n_out // cb_groups)
 
     @T.prim_func
     def kernel(x: T.Buffer((batch, n_in), "float32"), codes: T.Buffer((ncode,), "uint8"),
                codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((n_out,), "float32"),
                y: T.Buffer((batch, n_out), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
+        words = T.decl_buffer((nwords,), "uint32", data=codes.data)
         for blk in T.parallel(nblk):
             wl = T.alloc_buffer((n_in,), "float32", scope="global")
             acc = T.alloc_buffer((vec,), "float32", scope="global")
@@ -307,9 +326,9 @@ def dense_code_linear_cpu(n_out: int, n_in: int, batch: int, k: int, cb_groups: 
                 i = T.bind(blk * block + ii)
                 for jo in T.serial(nv):
                     for v in T.vectorized(vec):
-                        decode(codes, codebook, wl, jo * vec + v, i, i * n_in + jo * vec + v)
+                        decode(codes, words, codebook, wl, jo * vec + v, i, i * n_in + jo * vec + v)
                 for r in T.serial(ntail):
-                    decode(codes, codebook, wl, tail0 + r, i, i * n_in + tail0 + r)
+                    decode(codes, words, codebook, wl, tail0 + r, i, i * n_in + tail0 + r)
                 for bb in T.serial(batch):
                     for v in T.vectorized(vec):
                         acc[v] = T.float32(0)

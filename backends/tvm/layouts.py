@@ -5,7 +5,7 @@ Each compressed linear/conv weight can be stored in several layouts, each with i
 * ``csr`` -- :class:`~.kernels.CSRCodebook` (column + cluster index per non-zero; every target);
 * ``packed`` -- :class:`~.packed.PackedCSR` (relative index + cluster index in one 8/16-bit entry; CPU conv);
 * ``code<b>`` (``code4``, ``code6``, ``code8``, ...) -- :class:`~.dense_code.DenseCodes` (a ``b``-bit cluster index
-  per weight, ``b = ceil(log2(k))``, pruned weights
+  per weight, ``b = ceil(log2(k))``, plus the 4- and 8-bit layouts above it, which decode faster; pruned weights
   coded as a 0 centroid; CPU, clustered weights);
 * ``dense`` -- the decoded float32 weight (CPU).
 
@@ -116,5 +116,6 @@ def choose(cands: list[Candidate], options: dict, density: float, rule_dense: Ca
         return timed[timer(timed)], True
     if rule_dense(density) and dense_side:
         codes = [c for c in dense_side if c.layout.startswith("code")]
-        return (codes or dense_side)[0], False
+        fast = [c for c in codes if c.layout in ("code4", "code8")]  # byte-aligned codes decode fastest
+        return (fast or codes or dense_side)[0], False
     return (sparse_side or pool)[0], False
