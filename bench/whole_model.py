@@ -189,10 +189,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     modes = [wt.strip() for wt in args.weights.split(",") if wt.strip()]
-    results = [r for m in args.models.split(",") if m.strip() for r in run(m.strip(), args.rounds, args.reps, modes)]
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"batch": 1, "threads": 1, "results": results}, indent=2))
+    results: list[dict] = []
+    for m in (m.strip() for m in args.models.split(",") if m.strip()):
+        results += run(m, args.rounds, args.reps, modes)
+        path.write_text(json.dumps({"batch": 1, "threads": 1, "results": results}, indent=2))  # after each model
     print(f"wrote {path}")
 
 

@@ -307,3 +307,31 @@ def test_layout_options_are_validated(irs):
         TVMBackend().lower(models["clustered"], example_inputs=(x,), weights="small", max_bytes_ratio=2)
     with pytest.raises(ValueError, match="weights"):
         TVMBackend().lower(models["clustered"], example_inputs=(x,), weights="tiny")
+
+
+def test_per_channel_gpu_conv_loops_match_torch_on_cpu():
+    """The GPU conv kernel stages its output channel's codebook row; its loops run serially on the CPU."""
+    from dccomp.backends.tvm.conv_geom import conv_geom
+    from dccomp.backends.tvm.conv_gpu import sparse_conv2d_gpu
+
+    rng = np.random.default_rng(5)
+    idx, cb, mask, wd = _clustered(rng, (6, 2, 3, 3), 10, 6, 0.5)
+    csr = CK.conv_csr(idx, cb, mask, 2)
+    g = conv_geom(1, 4, 7, 6, 6, 3, 3, (1, 2), (1, 0), (1, 1), 2)
+    f = sparse_conv2d_gpu(g, csr.col.shape[0], csr.k, str(csr.col.dtype), str(csr.code.dtype), False, "gc", 32,
+                          simulate=True, cb_groups=csr.groups)
+    x = rng.standard_normal((1, 4, 7, 6)).astype(np.float32)
+    b = np.zeros(6, np.float32)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wd), None, (1, 2), (1, 0), 1, 2)
+    lib = tvm.compile(f, target=tvm.target.Target({"kind": "llvm"}))
+    y = tvm.runtime.tensor(np.zeros(tuple(ref.shape), np.float32))
+    lib["gc"](*[tvm.runtime.tensor(a) for a in [x] + csr.arrays() + [b]], y)
+    _close(y.numpy(), ref.numpy())
+
+
+@pytest.mark.parametrize("cb_groups", [4, 128])  # 128 x 64 centroids exceed shared memory: read from global
+def test_per_channel_cuda_linear_builds(cb_groups):
+    f = K.sparse_linear_cuda(128, 64, 500, 64, 1, col_dtype="uint16", cb_groups=cb_groups, name="cl")
+    ex = tvm.compile(f, target=tvm.target.Target(resolve_target("cuda")))
+    src = device_source(ex, "cuda")
+    assert "cl" in src and (("__shared__" in src) == (cb_groups * 64 <= 4096))
