@@ -196,7 +196,10 @@ def _cand(layout, nbytes):
 def test_choose_by_mode():
     cands = [_cand("packed", 300), _cand("code4", 100), _cand("dense", 800)]
     rule = lambda d: d >= 0.5  # noqa: E731
-    pick = lambda opts, d=0.6, timer=None, coded=None: choose(cands, opts, d, rule, timer, coded, 0.3)[0].layout  # noqa: E731
+
+    def pick(opts, d=0.6, timer=None, coded=None):
+        return choose(cands, opts, d, rule, timer, coded, 0.3)[0].layout
+
     assert pick({"weights": "small"}) == "code4"
     assert pick({}) == "code4"                              # rule says dense: the dense-code layout
     assert pick({}, d=0.1) == "packed"                      # rule says sparse
@@ -233,7 +236,8 @@ def irs():
 
     x = torch.randn(1, 3, 8, 8)
     out = {}
-    for name, pipe in [("clustered", "cluster{bits=4},huffman"), ("pruned", "prune{sparsity=0.9},cluster{bits=5},huffman")]:
+    for name, pipe in [("clustered", "cluster{bits=4},huffman"),
+                       ("pruned", "prune{sparsity=0.9},cluster{bits=5},huffman")]:
         out[name] = dccomp.compile(_model(), pipe, example_inputs=x).ir
     pc = dccomp.compile(_model(), "cluster{bits=4}", example_inputs=x).ir  # per-channel: 2-D codebooks by hand
     for w in pc.weights.values():

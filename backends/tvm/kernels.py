@@ -206,9 +206,12 @@ def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *
                     for q in T.serial(n // 4):
                         j = T.bind(lo + q * 4)
                         acc[0] = acc[0] + codebook[cbo + T.Cast("int32", code[j])] * x[0, T.Cast("int32", col[j])]
-                        acc[1] = acc[1] + codebook[cbo + T.Cast("int32", code[j + 1])] * x[0, T.Cast("int32", col[j + 1])]
-                        acc[2] = acc[2] + codebook[cbo + T.Cast("int32", code[j + 2])] * x[0, T.Cast("int32", col[j + 2])]
-                        acc[3] = acc[3] + codebook[cbo + T.Cast("int32", code[j + 3])] * x[0, T.Cast("int32", col[j + 3])]
+                        acc[1] = acc[1] + (codebook[cbo + T.Cast("int32", code[j + 1])]
+                                           * x[0, T.Cast("int32", col[j + 1])])
+                        acc[2] = acc[2] + (codebook[cbo + T.Cast("int32", code[j + 2])]
+                                           * x[0, T.Cast("int32", col[j + 2])])
+                        acc[3] = acc[3] + (codebook[cbo + T.Cast("int32", code[j + 3])]
+                                           * x[0, T.Cast("int32", col[j + 3])])
                     for r in T.serial(n % 4):
                         j = T.bind(lo + (n // 4) * 4 + r)
                         acc[0] = acc[0] + codebook[cbo + T.Cast("int32", code[j])] * x[0, T.Cast("int32", col[j])]
@@ -307,7 +310,8 @@ def sparse_linear_cuda(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, 
                             if staged:
                                 acc[0] = acc[0] + cb[cbo + T.Cast("int32", code[j])] * x[b, T.Cast("int32", col[j])]
                             else:
-                                acc[0] = acc[0] + codebook[cbo + T.Cast("int32", code[j])] * x[b, T.Cast("int32", col[j])]
+                                acc[0] = acc[0] + (codebook[cbo + T.Cast("int32", code[j])]
+                                                   * x[b, T.Cast("int32", col[j])])
                         acc[0] = acc[0] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[0], 16, 32, 32)
                         acc[0] = acc[0] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[0], 8, 32, 32)
                         acc[0] = acc[0] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[0], 4, 32, 32)
@@ -352,7 +356,8 @@ def sparse_linear_opencl(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1
                         i = T.bind(g * group + t)
                         acc[0] = T.float32(0)
                         for j in T.serial(rowptr[i], rowptr[i + 1]):
-                            acc[0] = acc[0] + codebook[i // rpg * k + T.Cast("int32", code[j])] * x[b, T.Cast("int32", col[j])]
+                            acc[0] = acc[0] + (codebook[i // rpg * k + T.Cast("int32", code[j])]
+                                               * x[b, T.Cast("int32", col[j])])
                         if relu:
                             y[b, i] = T.max(acc[0] + bias[i], T.float32(0))
                         else:

@@ -16,7 +16,8 @@ Each compressed linear/conv weight can be stored in several layouts, each with i
   compiled and timed (:func:`.calibrate.faster`: interleaved rounds, median; a larger layout is taken only if it
   is more than 15% faster than the best smaller one), except that the sparse layouts are not timed when the
   measured sparse/dense crossover rule says dense even at ``density - BAND`` and the dense layouts are not timed
-  when it says sparse even at ``density + BAND``. Without timing, the rule alone: dense-code (else dense
+  when it says sparse even at ``density + BAND`` (linear layers pass ``band=0``: the measured threshold decides
+  sparse vs not, timing only picks among the dense-side layouts). Without timing, the rule alone: dense-code (else dense
   float32) where it says dense, the sparse layout elsewhere.
 * ``"balanced"``: ``"fast"`` among the layouts within a per-layer byte budget, ``max_bytes_ratio`` (default
   1.5) times the layer's coded size in the ``.dcc`` file (entropy-coded streams + codebook; without coded
