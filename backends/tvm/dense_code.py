@@ -234,6 +234,12 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
     kvec = 16  # decode vector (a gather on AVX2/AVX-512)
     nwords = max(1, ncode // 4)
     nkv = kk // kvec
+    # 4-bit codes whose block range starts on a byte (ob even or rows of even length): decode byte-wise (one
+    # contiguous byte load, two lookups) into a split table, low nibbles (even elements) first, then high ones
+    pairs = bits == 4 and (ob % 2 == 0 or kk % 2 == 0)
+    half = ob * kk // 2
+    rpg = oc // cb_groups
+    grouped = cb_groups > 1
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), codes: T.Buffer((ncode,), "uint8"),
@@ -251,7 +257,21 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
             b = T.bind(bo // nob)
             o0 = T.bind(bo % nob * ob)
             gbase = T.bind((b * c + o0 // ocg * icg) * nph * pl)
-            for u in T.serial(ob):
+            if pairs:
+                for iq in T.serial(half // kvec):
+                    for v in T.vectorized(kvec):
+                        byte = T.bind(T.Cast("int32", codes[T.shift_right(o0 * kk, 1) + iq * kvec + v]))
+                        cb0 = T.bind(T.if_then_else(grouped, (o0 + (iq * kvec + v) * 2 // kk) // rpg * k, 0))
+                        cb1 = T.bind(T.if_then_else(grouped, (o0 + ((iq * kvec + v) * 2 + 1) // kk) // rpg * k, 0))
+                        wl[iq * kvec + v] = codebook[cb0 + T.bitwise_and(byte, 15)]
+                        wl[half + iq * kvec + v] = codebook[cb1 + T.shift_right(byte, 4)]
+                for i in T.serial(half % kvec):
+                    byte = T.bind(T.Cast("int32", codes[T.shift_right(o0 * kk, 1) + half // kvec * kvec + i]))
+                    cb0 = T.bind(T.if_then_else(grouped, (o0 + (half // kvec * kvec + i) * 2 // kk) // rpg * k, 0))
+                    cb1 = T.bind(T.if_then_else(grouped, (o0 + ((half // kvec * kvec + i) * 2 + 1) // kk) // rpg * k, 0))
+                    wl[half // kvec * kvec + i] = codebook[cb0 + T.bitwise_and(byte, 15)]
+                    wl[half + half // kvec * kvec + i] = codebook[cb1 + T.shift_right(byte, 4)]
+            for u in T.serial(0 if pairs else ob):
                 for tq in T.serial(nkv):
                     for v in T.vectorized(kvec):
                         decode(codes, words, codebook, wl, u * kk + tq * kvec + v, o0 + u,
@@ -268,8 +288,11 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
                             base = T.bind(gbase + (ic * nph + r * dh % sh * sw + s * dw % sw) * pl
                                           + r * dh // sh * wq + s * dw // sw + q * ch)
                             for u in T.unroll(ob):
+                                tt = T.bind(u * kk + (ic * kh + r) * kw + s)
+                                wt = T.bind(T.if_then_else(pairs, wl[T.bitwise_and(tt, 1) * half
+                                                                     + T.shift_right(tt, 1)], wl[tt]))
                                 for v in T.vectorized(ch):
-                                    acc[u, v] = acc[u, v] + wl[u * kk + (ic * kh + r) * kw + s] * xs[base + v]
+                                    acc[u, v] = acc[u, v] + wt * xs[base + v]
                 if direct:
                     if q < nfull:
                         for u in T.unroll(ob):
