@@ -94,7 +94,7 @@ def _compress(model, pipeline: str, x):
     pre, pc, post = pipeline.split("|")
     comp = dccomp.compile(model, pre, example_inputs=x)
     _per_channel(comp, int(pc.split("bits=")[1].rstrip("}")))
-    comp = dccomp.compile(comp, post, example_inputs=x)
+    comp = dccomp.compile(comp.ir, post, example_inputs=x)  # the IR: its parameters already hold the new values
     coded = sum(w.coded.nbytes + 4 * w.codebook.numel() for w in comp.ir.weights.values())
     weights = set(comp.ir.weights)
     dense = sum(p.numel() * 4 for n, p in comp.ir.gm.named_parameters() if n not in weights)

@@ -339,3 +339,20 @@ def test_per_channel_cuda_linear_builds(cb_groups):
     ex = tvm.compile(f, target=tvm.target.Target(resolve_target("cuda")))
     src = device_source(ex, "cuda")
     assert "cl" in src and (("__shared__" in src) == (cb_groups * 64 <= 4096))
+
+
+@pytest.mark.parametrize("c,oc,kh,groups,k,cb_groups", [
+    (16, 8, 1, 1, 40, 8),    # 6-bit codes, whole groups of 8 per block: decoded by byte groups
+    (2, 8, 3, 1, 100, 4),    # 7-bit, rows of 18 (blocks of 4 rows = 72 codes)
+    (6, 6, 3, 2, 24, 1),     # 5-bit, rows of 27, blocks of 2 rows (54 codes): 32-bit word reads
+    (4, 8, 3, 4, 200, 8)])   # 8-bit
+def test_dense_code_conv2d_code_widths(c, oc, kh, groups, k, cb_groups):
+    rng = np.random.default_rng(k)
+    L = dict(n=1, c=c, h=6, w=5, oc=oc, kh=kh, kw=kh, stride=(1, 1), padding=(kh // 2, kh // 2), dilation=(1, 1),
+             groups=groups)
+    idx, cb, mask, wd = _clustered(rng, (oc, c // groups, kh, kh), k, cb_groups, 0.7)
+    dc = DenseCodes.from_codebook(idx, cb, mask)
+    x = rng.standard_normal((1, c, 6, 5)).astype(np.float32)
+    f = dense_code_conv2d_func(HOST, k=dc.k, cb_groups=dc.groups, bits=dc.bits, name="w", **L)
+    ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wd), None, 1, kh // 2, 1, groups)
+    _close(_run(f, "w", [x] + dc.arrays() + [np.zeros(oc, np.float32)], tuple(ref.shape)), ref.numpy())

@@ -12,9 +12,11 @@ weight is a code whose centroid is exactly 0 (the codebook's own 0 entry, or an 
                                                     byte each; 4-bit: two per byte, low nibble first
     codebook  float32 (G, kc)                       G codebooks (G divides rows; row r uses codebook r // (rows/G))
 
-The kernels have fast paths for 8-bit (one byte load) and 4-bit (byte load + nibble shift) codes; other widths
-read the stream as 32-bit words (a code straddles at most two; the stream is padded to whole words plus one, at
-most 7 bytes), which vectorises as two 32-bit gathers and shifts.
+The conv kernel decodes 8-bit codes with one vector byte load, 4-bit codes byte-wise (one byte, two codes, into
+a table split by element parity) and other widths by groups of 8 codes (``bits`` bytes; the table split by
+element index mod 8) when the block's range is whole groups; elsewhere (and in the linear kernel) codes of
+other widths are read as 32-bit words (a code straddles at most two; the stream is padded to whole words plus
+one, at most 7 bytes).
 
 The kernels never hold the decoded float32 weight in the artifact: the conv kernel decodes the ``ob`` rows of its
 output-channel block (one byte load + one table lookup per weight) into a small task-local table once per call
@@ -237,6 +239,9 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
     # 4-bit codes whose block range starts on a byte (ob even or rows of even length): decode byte-wise (one
     # contiguous byte load, two lookups) into a split table, low nibbles (even elements) first, then high ones
     pairs = bits == 4 and (ob % 2 == 0 or kk % 2 == 0)
+    octs = bits not in (4, 8) and (ob * kk) % 8 == 0
+    ng = ob * kk // 8
+    bmask = (1 << bits) - 1
     half = ob * kk // 2
     rpg = oc // cb_groups
     grouped = cb_groups > 1
@@ -271,7 +276,25 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
                     cb1 = T.bind(T.if_then_else(grouped, (o0 + ((half // kvec * kvec + i) * 2 + 1) // kk) // rpg * k, 0))
                     wl[half // kvec * kvec + i] = codebook[cb0 + T.bitwise_and(byte, 15)]
                     wl[half + half // kvec * kvec + i] = codebook[cb1 + T.shift_right(byte, 4)]
-            for u in T.serial(0 if pairs else ob):
+            if octs:
+                gb = T.bind(o0 * kk // 8 * bits)
+                for j in T.unroll(8):
+                    for gq in T.serial(ng // kvec):
+                        for v in T.vectorized(kvec):
+                            g8 = T.bind(gb + (gq * kvec + v) * bits + T.shift_right(j * bits, 3))
+                            two = T.bind(T.Cast("int32", codes[g8]) + T.shift_left(
+                                T.Cast("int32", codes[T.min(g8 + 1, ncode - 1)]), 8))
+                            cbj = T.bind(T.if_then_else(grouped, (o0 + ((gq * kvec + v) * 8 + j) // kk) // rpg * k, 0))
+                            wl[j * ng + gq * kvec + v] = codebook[cbj + T.bitwise_and(
+                                T.shift_right(two, T.bitwise_and(j * bits, 7)), bmask)]
+                    for i in T.serial(ng % kvec):
+                        g8 = T.bind(gb + (ng // kvec * kvec + i) * bits + T.shift_right(j * bits, 3))
+                        two = T.bind(T.Cast("int32", codes[g8]) + T.shift_left(
+                            T.Cast("int32", codes[T.min(g8 + 1, ncode - 1)]), 8))
+                        cbj = T.bind(T.if_then_else(grouped, (o0 + ((ng // kvec * kvec + i) * 8 + j) // kk) // rpg * k, 0))
+                        wl[j * ng + ng // kvec * kvec + i] = codebook[cbj + T.bitwise_and(
+                            T.shift_right(two, T.bitwise_and(j * bits, 7)), bmask)]
+            for u in T.serial(0 if pairs or octs else ob):
                 for tq in T.serial(nkv):
                     for v in T.vectorized(kvec):
                         decode(codes, words, codebook, wl, u * kk + tq * kvec + v, o0 + u,
@@ -290,7 +313,10 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
                             for u in T.unroll(ob):
                                 tt = T.bind(u * kk + (ic * kh + r) * kw + s)
                                 wt = T.bind(T.if_then_else(pairs, wl[T.bitwise_and(tt, 1) * half
-                                                                     + T.shift_right(tt, 1)], wl[tt]))
+                                                                     + T.shift_right(tt, 1)],
+                                                           T.if_then_else(octs, wl[T.bitwise_and(tt, 7) * ng
+                                                                                   + T.shift_right(tt, 3)],
+                                                                          wl[tt])))
                                 for v in T.vectorized(ch):
                                     acc[u, v] = acc[u, v] + wt * xs[base + v]
                 if direct:
