@@ -7,6 +7,15 @@ the median of the per-round ratios, plus the artifact's constant bytes against t
 
     python bench/whole_model.py                      # all models, writes bench/results/whole_model.json
     python bench/whole_model.py --models resnet18 --rounds 5
+    python bench/whole_model.py --models mobilenet_v2-c4,mobilenet_v2-c4pc --weights fast,balanced
+
+The ``mobilenet_v2-c*`` settings are what a user would deploy without retraining: fold BatchNorm, cluster every
+layer (no pruning) to 4, 6 or 8 bits, Huffman-code. ``...pc``: per-channel codebooks (one ``k``-entry codebook
+per output channel, the ``(G, k)`` convention). The ``cluster`` pass on this branch has no per-channel option, so
+the bench builds the 2-D codebooks itself by 1-D k-means per output channel (``dccomp.kmeans.kmeans_1d``,
+linear init) on the BN-folded weights, pads each row's unused entries with its largest centroid, then Huffman-codes
+the per-channel cluster indices; the ``.dcc`` bytes are then those of the coded streams + float32 codebooks +
+the dense parameters (what the file holds), computed without writing the file.
 """
 from __future__ import annotations
 
@@ -23,6 +32,7 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dccomp  # noqa: E402
@@ -37,7 +47,58 @@ MODELS = {
                  "fold-bn,prune{sparsity=0.8},cluster{bits=5},huffman"),
     "mobilenet_v2": ("mobilenet_v2", (1, 3, 224, 224),
                      "fold-bn,prune{sparsity=0.5,exclude=conv2d.depthwise},cluster{bits=6},huffman"),
+    "mobilenet_v2-c4": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn,cluster{bits=4},huffman"),
+    "mobilenet_v2-c6": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn,cluster{bits=6},huffman"),
+    "mobilenet_v2-c8": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn,cluster{bits=8},huffman"),
+    "mobilenet_v2-c4pc": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn|per-channel-kmeans{bits=4}|huffman"),
+    "mobilenet_v2-c6pc": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn|per-channel-kmeans{bits=6}|huffman"),
 }
+
+
+def _per_channel(comp, bits: int) -> None:
+    """Replace every weight's codebook by per-output-channel codebooks ``(oc, 2**bits)`` (1-D k-means per row,
+    linear init; unused entries padded with the row's largest centroid) and write the decoded values into the
+    model's parameters."""
+    from dccomp.kmeans import kmeans_1d
+
+    ir = comp.ir
+    for w in ir.weights.values():
+        p = ir.param(w.name)
+        rows = p.detach().reshape(p.shape[0], -1).numpy().astype(np.float32)
+        k = 1 << bits
+        cb = np.zeros((rows.shape[0], k), np.float32)
+        idx = np.zeros(rows.shape, np.int64)
+        for r, vals in enumerate(rows):
+            cents, lab = kmeans_1d(vals, k)
+            order = np.argsort(cents)
+            rank = np.empty_like(order)
+            rank[order] = np.arange(order.size)
+            cb[r, :cents.size] = cents[order]
+            cb[r, cents.size:] = cents[order][-1]
+            idx[r] = rank[lab]
+        w.codebook = torch.from_numpy(cb)
+        w.indices = torch.from_numpy(idx.reshape(p.shape))
+        w.bits = bits
+        w.mask = None
+        with torch.no_grad():
+            p.copy_(torch.from_numpy(cb[np.arange(rows.shape[0])[:, None], idx].reshape(p.shape)))
+
+
+def _compress(model, pipeline: str, x):
+    """``(compiled model, .dcc bytes)``; ``a|per-channel-kmeans{bits=b}|c`` runs ``a``, per-channel k-means,
+    then ``c`` (see the module docstring)."""
+    if "|" not in pipeline:
+        comp = dccomp.compile(model, pipeline, example_inputs=x)
+        with tempfile.TemporaryDirectory() as d:
+            return comp, comp.save(pathlib.Path(d) / "m.dcc")
+    pre, pc, post = pipeline.split("|")
+    comp = dccomp.compile(model, pre, example_inputs=x)
+    _per_channel(comp, int(pc.split("bits=")[1].rstrip("}")))
+    comp = dccomp.compile(comp.ir, post, example_inputs=x)  # the IR: its parameters already hold the new values
+    coded = sum(w.coded.nbytes + 4 * w.codebook.numel() for w in comp.ir.weights.values())
+    weights = set(comp.ir.weights)
+    dense = sum(p.numel() * 4 for n, p in comp.ir.gm.named_parameters() if n not in weights)
+    return comp, coded + dense
 
 
 def _build(spec):
@@ -59,16 +120,20 @@ def _time(fn, x, reps: int) -> float:
     return (time.perf_counter() - t) / reps
 
 
-def run(name: str, rounds: int, reps: int, weights: str = "fast") -> dict:
+def run(name: str, rounds: int, reps: int, modes: list[str]) -> list[dict]:
     spec, shape, pipeline = MODELS[name]
     model, origin = _build(spec)
     model.eval()
+    torch.manual_seed(0)
     x = torch.randn(*shape)
     t0 = time.perf_counter()
-    comp = dccomp.compile(model, pipeline, example_inputs=x)
+    comp, dcc_bytes = _compress(model, pipeline, x)
     t_compress = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as d:
-        dcc_bytes = comp.save(pathlib.Path(d) / f"{name}.dcc")
+    return [_run_mode(name, origin, shape, pipeline, model, comp, dcc_bytes, t_compress, x, rounds, reps, m)
+            for m in modes]
+
+
+def _run_mode(name, origin, shape, pipeline, model, comp, dcc_bytes, t_compress, x, rounds, reps, weights):
     t0 = time.perf_counter()
     tvm_model = dccomp.compile(comp, backend="tvm", example_inputs=x,  # llvm tuned for this CPU
                                backend_options={"weights": weights})
@@ -88,14 +153,16 @@ def run(name: str, rounds: int, reps: int, weights: str = "fast") -> dict:
             b = _time(tvm_model, x, reps)
             t_eager.append(a), t_tvm.append(b), ratios.append(a / b)
     kinds: dict[str, int] = {}
+    layouts: dict[str, int] = {}
     for layer in low.layers:
         kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
+        layouts[layer.layout] = layouts.get(layer.layout, 0) + 1
     dense_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     out = {
         "model": name, "weights": origin, "kernel_choice": weights, "input": list(shape), "pipeline": pipeline,
         "dense_param_bytes": dense_bytes, "dcc_bytes": dcc_bytes, "file_ratio": dense_bytes / dcc_bytes,
         "artifact_const_bytes": low.weight_nbytes, "artifact_over_dcc": low.weight_nbytes / dcc_bytes,
-        "layer_kernels": kinds, "max_rel_err_vs_torch_backend": err,
+        "layer_kernels": kinds, "layer_layouts": layouts, "max_rel_err_vs_torch_backend": err,
         "torch_eager_dense_ms_median": 1e3 * statistics.median(t_eager),
         "tvm_compressed_ms_median": 1e3 * statistics.median(t_tvm),
         "speedup_median_of_ratios": statistics.median(ratios), "speedup_per_round": ratios,
@@ -104,7 +171,7 @@ def run(name: str, rounds: int, reps: int, weights: str = "fast") -> dict:
     }
     print(f"{name:13s} {origin}, weights={weights}: file {dense_bytes:,} -> {dcc_bytes:,} B "
           f"({out['file_ratio']:.1f}x); artifact "
-          f"constants {low.weight_nbytes:,} B = {out['artifact_over_dcc']:.2f}x the .dcc; kernels {kinds}; "
+          f"constants {low.weight_nbytes:,} B = {out['artifact_over_dcc']:.2f}x the .dcc; layouts {layouts}; "
           f"err {err:.1e}\n  torch eager dense {out['torch_eager_dense_ms_median']:.3f} ms, TVM compressed "
           f"{out['tvm_compressed_ms_median']:.3f} ms: {out['speedup_median_of_ratios']:.2f}x "
           f"(rounds {', '.join(f'{r:.2f}' for r in ratios)})", flush=True)
@@ -116,16 +183,18 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--reps", type=int, default=5, help="calls per timing (x100 for models under 1 ms)")
-    ap.add_argument("--weights", default="fast,small", help="TVM kernel choice per layer: fast (the measured "
-                    "faster kernel) and/or small (compressed layouts unless larger than dense)")
+    ap.add_argument("--weights", default="fast,small,balanced", help="TVM layout choice per layer: fast (the "
+                    "measured fastest), small (fewest bytes), balanced (fastest within 1.5x the coded bytes)")
     ap.add_argument("--json", default=str(pathlib.Path(__file__).parent / "results" / "whole_model.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    results = [run(m.strip(), args.rounds, args.reps, wt.strip()) for m in args.models.split(",") if m.strip()
-               for wt in args.weights.split(",")]
+    modes = [wt.strip() for wt in args.weights.split(",") if wt.strip()]
     path = pathlib.Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"batch": 1, "threads": 1, "results": results}, indent=2))
+    results: list[dict] = []
+    for m in (m.strip() for m in args.models.split(",") if m.strip()):
+        results += run(m, args.rounds, args.reps, modes)
+        path.write_text(json.dumps({"batch": 1, "threads": 1, "results": results}, indent=2))  # after each model
     print(f"wrote {path}")
 
 

@@ -120,7 +120,7 @@ def test_model_matches_torch_backend(name, compressed):
         assert _rel(m(x), ref) <= 1e-4
     lowered = {layer.name for layer in m.layers}
     assert {w.rsplit(".", 1)[0] if w.endswith(".weight") else w for w in ir.weights} == lowered
-    assert all(layer.kind.startswith(("sparse_", "dense_")) for layer in m.layers), m
+    assert all(layer.kind.startswith(("sparse_", "code_", "dense_")) for layer in m.layers), m
     if name == "mobilenet_v2":  # ReLU6 (hardtanh 0..6) runs inside the CPU conv kernels
         assert any(layer.fused_relu == "relu6" for layer in m.layers), m
     # the artifact holds the compressed arrays, not the dense weights
@@ -150,7 +150,7 @@ def test_calibration_times_layers_near_the_crossover(compressed, monkeypatch):
     ir, x = compressed("resnet18")
     m = TVMBackend().lower(ir, example_inputs=(x,))
     timed = [layer for layer in m.layers if layer.dtypes.get("chosen_by") == "timing"]
-    assert timed and all(layer.kind in ("sparse_conv2d", "dense_conv2d") for layer in timed)
+    assert timed and all(layer.kind in ("sparse_conv2d", "code_conv2d", "dense_conv2d") for layer in timed)
     with torch.no_grad():
         assert _rel(m(x), ir.gm(x)) <= 1e-4
     cross = TVMBackend().lower(ir, target="arm_cpu", example_inputs=(x,))  # cannot run here: not timed
@@ -158,12 +158,12 @@ def test_calibration_times_layers_near_the_crossover(compressed, monkeypatch):
 
 
 def test_small_weights_option_keeps_every_layer_compressed(compressed):
-    """weights="small": compressed layouts (packed relative-index entries for conv on CPU) unless larger than
-    the dense weight: the artifact holds less than with the default per-layer fastest kernel."""
+    """weights="small": per layer the fewest bytes (packed relative-index entries for sparse conv on CPU, or
+    dense 4-bit codes): the artifact holds less than with the default per-layer fastest kernel."""
     ir, x = compressed("resnet18")
     fast = TVMBackend().lower(ir, example_inputs=(x,), calibrate=False)
     small = TVMBackend().lower(ir, example_inputs=(x,), weights="small")
-    assert all(layer.kind.startswith("sparse_") for layer in small.layers)
+    assert all(layer.kind.startswith(("sparse_", "code_")) for layer in small.layers)
     assert any(layer.dtypes.get("layout") == "packed" for layer in small.layers)
     assert small.weight_nbytes <= fast.weight_nbytes
     with torch.no_grad():

@@ -23,8 +23,8 @@ _INSTALL_HINT = "the TVM backend needs Apache TVM: pip install 'dccomp[tvm]' (ap
 
 
 #: options of lower()/export() besides target and example_inputs, with their allowed values (None: any)
-OPTIONS = {"kernel": ("sparse", "dense", None), "weights": ("fast", "small"), "no_fuse": (True, False),
-           "calibrate": (True, False),
+OPTIONS = {"kernel": ("sparse", "dense", None), "weights": ("fast", "small", "balanced"),
+           "max_bytes_ratio": None, "no_fuse": (True, False), "calibrate": (True, False),
            "arch": None, "detect_cpu": (True, False), "convert_map": None}
 
 
@@ -37,6 +37,13 @@ def _check_options(options: dict) -> None:
         allowed = OPTIONS[key]
         if allowed is not None and value not in allowed:
             raise ValueError(f"TVM backend option {key}={value!r}; expected one of {list(allowed)}")
+    ratio = options.get("max_bytes_ratio")
+    if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not ratio > 0):
+        raise ValueError(f"TVM backend option max_bytes_ratio={ratio!r}; expected a number > 0 (e.g. 1.5: per "
+                         "layer at most 1.5x the bytes of its coded form in the .dcc file) or None")
+    if ratio is not None and options.get("weights") == "small":
+        raise ValueError("max_bytes_ratio applies to weights='fast' or 'balanced'; weights='small' already "
+                         "takes the fewest bytes")
     if options.get("convert_map") is not None and not isinstance(options["convert_map"], dict):
         raise TypeError("convert_map must be a dict {aten op name: fn(node, importer) -> relax expr}")
 
@@ -61,7 +68,9 @@ class TVMBackend:
             ir: the dccomp IR (``ir.gm`` + compression state of ``ir.weights``).
             target: ``llvm`` | ``arm_cpu`` | ``cuda`` | ``mali`` or a target dict (see :mod:`.targets`).
             example_inputs: tensors giving the static input shapes (else ``ir.input_shapes``).
-            **options: ``kernel="sparse"|"dense"`` forces the linear kernel; ``no_fuse=True`` disables
+            **options: ``kernel="sparse"|"dense"`` forces the linear/conv kernel; ``weights="fast"|"small"|
+                "balanced"`` and ``max_bytes_ratio`` choose each layer's weight layout (CSR, packed, dense
+                1..8-bit cluster indices, dense float32: see :mod:`.layouts`); ``no_fuse=True`` disables
                 ReLU fusion; ``arch="sm_80"`` overrides the CUDA arch; ``detect_cpu`` (default ``True`` here,
                 ``False`` in :meth:`export`) adds this machine's ``mcpu`` to the ``llvm`` target (AVX2/AVX-512
                 instead of generic x86-64 SSE2); ``convert_map={aten op: fn(node, importer)}`` adds frontend

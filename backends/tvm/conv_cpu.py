@@ -11,8 +11,9 @@ __all__ = ["fill_channel_macro", "fill_workspace_macro", "sparse_conv2d_plane", 
 
 
 def tap_macro(k: int, packed: tuple[int, int] | None):
-    """TVMScript macro ``tap(col, code, codebook, j, run, wv, t)``: decode non-zero ``j`` of a row into its
-    column (``run[0]``) and weight (``wv[t]``). CSR: ``col[j]`` and ``codebook[code[j]]``. Packed
+    """TVMScript macro ``tap(col, code, codebook, cbo, j, run, wv, t)``: decode non-zero ``j`` of a row into its
+    column (``run[0]``) and weight (``wv[t]``), ``cbo`` = offset of the row's codebook in the flat ``(G * k,)``
+    codebook. CSR: ``col[j]`` and ``codebook[cbo + code[j]]``. Packed
     (``packed = (code_bits, esc)``, :class:`~.packed.PackedCSR` entries in ``col``; start a row with
     ``run[0] = -1``): the column advances by gap + 1, or by ``(code + 1) * esc`` for a filler, whose weight is 0."""
     from tvm.script import tirx as T
@@ -22,16 +23,16 @@ def tap_macro(k: int, packed: tuple[int, int] | None):
     pmask = (1 << pbits) - 1
 
     @T.macro
-    def tap(col, code, codebook, j, run, wv, t):
+    def tap(col, code, codebook, cbo, j, run, wv, t):
         if use_packed:
             e = T.bind(T.Cast("int32", col[j]))
             fl = T.bind(T.shift_right(e, pbits) == pesc)
             cd = T.bind(T.bitwise_and(e, pmask))
             run[0] = run[0] + T.if_then_else(fl, (cd + 1) * pesc, T.shift_right(e, pbits) + 1)
-            wv[t] = T.if_then_else(fl, T.float32(0), codebook[T.min(cd, k - 1)])
+            wv[t] = T.if_then_else(fl, T.float32(0), codebook[cbo + T.min(cd, k - 1)])
         else:
             run[0] = T.Cast("int32", col[j])
-            wv[t] = codebook[T.Cast("int32", code[j])]
+            wv[t] = codebook[cbo + T.Cast("int32", code[j])]
 
     return tap
 
@@ -97,7 +98,7 @@ def fill_workspace_macro(g: ConvGeom):
 
 # ---------------------------------------------------------------------------------------------------------
 def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
-                        packed: tuple[int, int] | None = None):
+                        packed: tuple[int, int] | None = None, cb_groups: int = 1):
     """``plane`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
 
     Parallel over (image, output channel): copy the group's input channels into a task-private padded,
@@ -126,11 +127,13 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     nfull = ohw // ch
     nout = ch if direct else nch * ch
     tap = tap_macro(k, packed)
+    ncb = cb_groups * k
+    rpg = oc // cb_groups
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
                col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((oc,), "float32"),
                y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
@@ -151,7 +154,7 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
                 xs[body + i] = T.float32(0)
             run[0] = -1
             for t in T.serial(nr):
-                tap(col, code, codebook, lo + t, run, wv, t)
+                tap(col, code, codebook, o // rpg * k, lo + t, run, wv, t)
                 cc = T.bind(run[0])
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)
@@ -196,7 +199,7 @@ def sparse_conv2d_plane(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
 
 
 def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
-                        nacc: int = 2, packed: tuple[int, int] | None = None):
+                        nacc: int = 2, packed: tuple[int, int] | None = None, cb_groups: int = 1):
     """``chunk`` schedule of the direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
 
     One parallel pass decodes all non-zeros into global (offset, weight) tables; then, parallel over (image,
@@ -222,11 +225,13 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     nstage = 1 if direct else n * oc * nch * ch
     img = c * nph * pl
     tap = tap_macro(k, packed)
+    ncb = cb_groups * k
+    rpg = oc // cb_groups
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
                col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((oc,), "float32"),
                y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True})
         yf = T.decl_buffer((n * oc * oh * ow,), "float32", data=y.data)
@@ -239,7 +244,7 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
             run = T.alloc_buffer((1,), "int32", scope="global")
             run[0] = -1
             for j in T.serial(rowptr[o], rowptr[o + 1]):
-                tap(col, code, codebook, j, run, tw, j)
+                tap(col, code, codebook, o // rpg * k, j, run, tw, j)
                 cc = T.bind(run[0])
                 ry = T.bind(T.truncdiv(T.truncmod(cc, kk), kw) * dh)
                 rx = T.bind(T.truncmod(cc, kw) * dw)

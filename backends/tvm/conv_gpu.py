@@ -17,11 +17,12 @@ def _thread_loops(simulate: bool):
 
 
 def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype: str, relu: bool, name: str,
-                      threads: int, simulate: bool = False):
+                      threads: int, simulate: bool = False, cb_groups: int = 1):
     """CUDA / OpenCL direct sparse convolution (signature of :func:`.conv_kernels.sparse_conv2d_func`).
 
     Grid ``(ceil(oh*ow / threads), oc, n)`` (``blockIdx.x/y/z``), ``threads`` threads per block, one output
-    pixel per thread. Threads first copy the ``k`` centroids into shared memory (a sibling thread loop; TVM
+    pixel per thread. Threads first copy the ``k`` centroids of the block's output channel (its row of the flat
+    ``(cb_groups * k,)`` codebook) into shared memory (a sibling thread loop; TVM
     inserts the barrier), then walk the output channel's CSR row: decode ``(ic, r, s)`` from ``col``, guard
     the zero-padding border, accumulate ``codebook[code] * x`` in a register; bias and ReLU fused.
     ``simulate=True``: the same TIR with serial loops and a global codebook buffer, for ``llvm`` (tests).
@@ -36,6 +37,8 @@ def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype:
     npix = oh * ow
     nblk = -(-npix // threads)
     kload = -(-k // threads)
+    ncb = cb_groups * k
+    rpg = oc // cb_groups
     loop = _thread_loops(simulate)
     scope = "global" if simulate else "shared"
     lscope = "global" if simulate else "local"
@@ -46,7 +49,7 @@ def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype:
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), rowptr: T.Buffer((oc + 1,), "int32"),
                col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((oc,), "float32"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((oc,), "float32"),
                y: T.Buffer((n, oc, oh, ow), "float32")):
         T.func_attr(attrs)
         for b in loop(n, "blockIdx.z"):
@@ -56,7 +59,7 @@ def sparse_conv2d_gpu(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtype:
                     for tx in loop(threads, "threadIdx.x"):
                         for t in T.serial(kload):
                             if t * threads + tx < k:
-                                cb[t * threads + tx] = codebook[t * threads + tx]
+                                cb[t * threads + tx] = codebook[o // rpg * k + t * threads + tx]
                     for tx in loop(threads, "threadIdx.x"):
                         acc = T.alloc_buffer((1,), "float32", scope=lscope)
                         if pb * threads + tx < npix:

@@ -96,7 +96,7 @@ def conv_csr(indices, codebook, mask, groups: int) -> CSRCodebook:
 
     Args:
         indices: cluster indices, integer array ``(oc, ic/groups, kh, kw)`` (numpy or torch).
-        codebook: centroids, float ``(k,)``.
+        codebook: centroids, float ``(k,)`` or per-channel ``(G, k)`` (G dividing ``oc``).
         mask: ``True`` = kept, bool array of ``indices``' shape, or ``None`` (keep entries whose centroid
             is non-zero).
         groups: the convolution's ``groups``; ``oc`` must be a multiple of it.
@@ -163,12 +163,14 @@ def _kind(target) -> str:
 def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, kh: int, kw: int,
                        stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups: int = 1, nnz: int, k: int,
                        col_dtype: str = "uint16", code_dtype: str = "uint8", relu: bool = False,
-                       name: str = "dcc_sparse_conv2d", packed: tuple[int, int] | None = None):
+                       name: str = "dcc_sparse_conv2d", packed: tuple[int, int] | None = None,
+                       cb_groups: int = 1):
     """Direct sparse convolution on a CSR + codebook weight (see the module docstring), for ``target``.
 
     Returns the PrimFunc ``name(x, rowptr, col, code, codebook, bias, y)`` with ``x`` float32
     ``(n, c, h, w)`` (NCHW), ``rowptr`` int32 ``(oc + 1,)``, ``col`` ``col_dtype`` and ``code``
-    ``code_dtype`` ``(max(nnz, 1),)`` as built by :func:`conv_csr`, ``codebook`` float32 ``(k,)``, ``bias``
+    ``code_dtype`` ``(max(nnz, 1),)`` as built by :func:`conv_csr`, ``codebook`` float32 ``(cb_groups * k,)``
+    (the flat ``(G, k)`` per-channel codebooks: output channel o reads row ``o // (oc / G)``), ``bias``
     float32 ``(oc,)`` and ``y`` float32 ``(n, oc, oh, ow)`` (:func:`conv2d_out_shape`, zero padding):
     ``y = act(conv2d(x, W, bias, stride, padding, dilation, groups))``, ``act`` = ReLU if ``relu``.
 
@@ -190,6 +192,8 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
     g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, DEFAULT_CHUNK)
     if k < 1:
         raise ValueError(f"codebook size k={k} must be >= 1")
+    if cb_groups < 1 or oc % cb_groups:
+        raise ValueError(f"cb_groups={cb_groups} codebooks must divide the {oc} output channels")
     if kind != "llvm" and k > _GPU_MAX_K:
         raise ValueError(f"the GPU conv kernels stage the codebook in shared memory: k={k} > {_GPU_MAX_K} "
                          "centroids do not fit; cluster with fewer centroids (Deep Compression uses <= 256)")
@@ -197,13 +201,14 @@ def sparse_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int,
         tiles = cpu_tiles(target)
         if _cpu_sparse_schedule(g) == "plane":
             g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.plane_chunk)
-            return sparse_conv2d_plane(g, nnz, k, col_dtype, code_dtype, relu, name, packed)
+            return sparse_conv2d_plane(g, nnz, k, col_dtype, code_dtype, relu, name, packed, cb_groups)
         g = conv_geom(n, c, h, w, oc, kh, kw, stride, padding, dilation, groups, tiles.sparse_chunk(g))
         return sparse_conv2d_chunk(g, nnz, k, col_dtype, code_dtype, relu, name, nacc=tiles.sparse_nacc,
-                                   packed=packed)
+                                   packed=packed, cb_groups=cb_groups)
     if packed:
         raise ValueError("the packed layout is decoded by the CPU kernels only; GPU kernels take plain CSR")
-    return sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _gpu_threads(kind, g))
+    return sparse_conv2d_gpu(g, nnz, k, col_dtype, code_dtype, relu, name, _gpu_threads(kind, g),
+                             cb_groups=cb_groups)
 
 
 def dense_conv2d_func(target: dict, *, n: int, c: int, h: int, w: int, oc: int, kh: int, kw: int,

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 from . import kernels as K
-from .packed import PackedCSR, choose_layout
 from .calibrate import BAND, faster
+from .dense_code import DenseCodes, decode_codebook
+from .layouts import Candidate, choose
+from .packed import PackedCSR, choose_layout
 from .targets import is_cross, is_gpu
 
 __all__ = ["LayerInfo", "Converters"]
@@ -26,9 +28,11 @@ __all__ = ["LayerInfo", "Converters"]
 class LayerInfo:
     """How one compressed weight was lowered (for ``repr``, the export JSON and benchmarks).
 
-    ``kind``: ``sparse_linear``, ``dense_linear``, ``sparse_conv2d``, ``dense_conv2d``, ``sparse_embedding``,
-    or ``frontend`` (the weight is read by an op TVM's frontend lowers itself, with the decoded dense weight as
-    a constant: e.g. LSTM, ConvTranspose). ``const_nbytes``: bytes of the layer's weight and bias constants.
+    ``kind``: ``sparse_linear``, ``code_linear``, ``dense_linear``, ``sparse_conv2d``, ``code_conv2d``,
+    ``dense_conv2d``, ``sparse_embedding``, or ``frontend`` (the weight is read by an op TVM's frontend lowers
+    itself, with the decoded dense weight as a constant: e.g. LSTM, ConvTranspose). ``layout``: the weight
+    layout (:mod:`.layouts`: ``csr``, ``packed``, ``code<bits>`` e.g. ``code4``, ``dense``). ``const_nbytes``: bytes of
+    the layer's weight and bias constants.
     """
 
     name: str
@@ -39,9 +43,11 @@ class LayerInfo:
     fused_relu: bool | str = False  # True (ReLU) or "relu6" when the activation runs inside the kernel
     dtypes: dict = field(default_factory=dict)
     calls: int = 1  # ops reading the weight (an LSTM's recurrent weight: one per time step); stored once
+    layout: str = "dense"
 
     def to_json(self) -> dict:
-        return {"name": self.name, "kernel": self.kind, "shape": list(self.shape), "density": self.density,
+        return {"name": self.name, "kernel": self.kind, "layout": self.layout, "shape": list(self.shape),
+                "density": self.density,
                 "const_nbytes": self.const_nbytes, "fused_relu": self.fused_relu, "dtypes": self.dtypes,
                 "calls": self.calls}
 
@@ -121,7 +127,7 @@ class Converters:
         if w is None:
             return p, None
         if w.codebook is not None and w.indices is not None:
-            dec = _np(w.codebook).astype(np.float32)[_np(w.indices).astype(np.int64)]
+            dec = decode_codebook(_np(w.codebook), _np(w.indices))
         else:
             dec = p
         if w.mask is not None:
@@ -144,15 +150,38 @@ class Converters:
             self.layers.append(info)
         self.lowered.add(pname)
 
-    def _choose_dense(self, sparse_nbytes: int, dense_nbytes: int, faster_dense: Callable[[], bool]) -> bool:
-        """Dense kernel or not: ``kernel=`` forces it; ``weights="fast"`` (default) takes the measured faster
-        kernel; ``weights="small"`` keeps the compressed layout unless it is larger than the dense weight."""
-        force = self.options.get("kernel")
-        if force is not None:
-            return force == "dense"
-        if self.options.get("weights", "fast") == "small":
-            return sparse_nbytes >= dense_nbytes
-        return faster_dense()
+    def _pick(self, cands: list[Candidate], w, density: float, rule_dense, x_shape, out_shape, name: str,
+              band: float = BAND):
+        """``(candidate, timed)``: the layer's layout by the ``weights=`` mode (:func:`.layouts.choose`), timing
+        the candidates on this machine when :meth:`_calibrating` (sparse and dense layouts both within ``band``
+        of the rule's crossover)."""
+        coded = None
+        if w is not None and getattr(w, "coded", None) is not None:
+            coded = int(w.coded.nbytes) + (0 if w.codebook is None else 4 * int(w.codebook.numel()))
+
+        def timer(pool: list[Candidate]) -> int:
+            return faster(self.target, [(c.func(), name, c.kernel_args(c.arrays())) for c in pool], x_shape,
+                          out_shape)
+
+        return choose(cands, self.options, density, rule_dense, timer if self._calibrating() else None, coded,
+                      band)
+
+    def _code_candidates(self, w, weight: np.ndarray, rows: int, make_func) -> list[Candidate]:
+        """The dense-code candidates of a clustered weight on a CPU target: the fewest bits that hold its codes,
+        plus the 4-/8-bit layouts just above it (one byte load per code, faster to decode than other widths)."""
+        if self.gpu or w is None or w.codebook is None or w.indices is None:
+            return []
+        out: list[Candidate] = []
+        for bits in (None, 4, 8):
+            dc = DenseCodes.from_codebook(_np(w.indices).reshape(rows, -1), _np(w.codebook),
+                                          (weight != 0).reshape(rows, -1), bits=bits)
+            if dc is None or any(c.layout == f"code{dc.bits}" for c in out) or (out and dc.bits < out[0].info["bits"]):
+                continue
+            out.append(Candidate(f"code{dc.bits}", dc.nbytes, lambda dc=dc: make_func(dc), dc.arrays,
+                                 info={"bits": dc.bits, "k": dc.k, "cb_groups": dc.groups}))
+            if bits is None and dc.bits in (4, 8):
+                break
+        return out
 
     def _bias(self, imp, node, n_out: int):
         """(relax expr, nbytes) of the bias argument (a zero constant when there is none)."""
@@ -230,25 +259,34 @@ class Converters:
         bias, bias_bytes = self._bias(imp, bnode, n_out)
         density = int(np.count_nonzero(weight)) / max(1, weight.size)
         csr = self._csr(weight, w, (n_out, n_in))
-        sparse = self.gpu or not self._choose_dense(csr.nbytes, weight.nbytes,
-                                                    lambda: K.use_dense(density, weight.size))
         if self.options.get("kernel") == "dense" and self.gpu:  # no dense GPU kernel of ours: the frontend's
             return self._frontend(node, pname, "linear", weight)
         r, _ = self._fusable_relu(node)
+        relu = r is not None
         name = self._unique(layer)
+        cands = [Candidate("csr", csr.nbytes, lambda: K.sparse_linear_func(
+            self.target, n_out, n_in, csr.col.shape[0], csr.k, batch, col_dtype=str(csr.col.dtype),
+            code_dtype=str(csr.code.dtype), relu=relu, name=name, cb_groups=csr.groups), csr.arrays,
+            info={"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k, "cb_groups": csr.groups})]
+        if not self.gpu:
+            from .dense_code import dense_code_linear_func
+
+            cands += self._code_candidates(w, weight, n_out, lambda dc: dense_code_linear_func(
+                self.target, n_out, n_in, batch, k=dc.k, cb_groups=dc.groups, bits=dc.bits, relu=relu, name=name))
+            cands.append(Candidate("dense", weight.nbytes, lambda: K.dense_linear_cpu(
+                n_out, n_in, batch, relu=relu, name=name), lambda: [weight]))
+        # linear: the measured sparse/dense threshold decides sparse vs not (band 0); timing only picks between
+        # the dense-code and dense float32 kernels
+        cand, timed = self._pick(cands, w, density, lambda d: K.use_dense(d, weight.size), (batch, n_in),
+                                 (batch, n_out), name, band=0.0)
+        kind = "sparse_linear" if cand.sparse else ("dense_linear" if cand.layout == "dense" else "code_linear")
+        args = [x2] + cand.kernel_args(self.consts(pname, cand.layout, cand.arrays)) + [bias]
+        info = LayerInfo(layer, kind, (n_out, n_in), density, cand.nbytes + bias_bytes, relu, dict(cand.info),
+                         layout=cand.layout)
+        if timed:
+            info.dtypes["chosen_by"] = "timing"
+        gv = imp.block_builder.add_func(cand.func(), name)
         out_ty = relax.TensorType((batch, n_out), "float32")
-        if sparse:
-            f = K.sparse_linear_func(self.target, n_out, n_in, csr.col.shape[0], csr.k, batch,
-                                     col_dtype=str(csr.col.dtype), code_dtype=str(csr.code.dtype),
-                                     relu=r is not None, name=name)
-            args = [x2] + self.consts(pname, "csr", csr.arrays) + [bias]
-            info = LayerInfo(layer, "sparse_linear", (n_out, n_in), density, csr.nbytes + bias_bytes, r is not None,
-                             {"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k})
-        else:
-            f = K.dense_linear_cpu(n_out, n_in, batch, relu=r is not None, name=name)
-            args = [x2] + self.consts(pname, "dense", lambda: [weight]) + [bias]
-            info = LayerInfo(layer, "dense_linear", (n_out, n_in), density, weight.nbytes + bias_bytes, r is not None)
-        gv = imp.block_builder.add_func(f, name)
         y = imp.block_builder.emit(relax.call_tir(gv, args, out_ty))
         if len(xs) != 2:
             y = imp.block_builder.emit(relax.op.reshape(y, tuple(lead) + (n_out,)))
@@ -311,43 +349,40 @@ class Converters:
         layout = csr if self.gpu else choose_layout(csr)
 
         def rule(d: float) -> bool:
+            if self.gpu:
+                return False  # the sparse kernels are the GPU kernels; a dense weight is a CSR of density 1
             return CK.use_dense_conv(d, oc, icg, kh, kw, oh, ow, target=self.target)
 
-        dense = self._choose_dense(layout.nbytes, weight.nbytes, lambda: rule(density))
         r, act = self._fusable_relu(node, relu6=not self.gpu)  # the CPU conv kernels also apply ReLU6
         name = self._unique(layer)
         geo = dict(n=n, c=c, h=h, w=wd, oc=oc, kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation,
                    groups=groups, relu=act, name=name)
-        if dense and self.gpu:
-            dense = False  # the sparse kernels are the GPU kernels; a dense weight is a CSR of density 1
-        if self._calibrating() and rule(density - BAND) != rule(density + BAND):  # near the crossover: time both
-            sparse_f, sparse_arrays = self._sparse_conv(layout, csr, geo)
-            dense = 1 == faster(self.target, [(sparse_f, name, sparse_arrays),
-                                              (CK.dense_conv2d_func(self.target, **geo), name, [weight])],
-                                (n, c, h, wd), (n, oc, oh, ow))
-            self.calibrated.append(layer)
-        if dense:
-            f = CK.dense_conv2d_func(self.target, **geo)
-            args = [x] + self.consts(pname, "dense", lambda: [np.ascontiguousarray(weight)]) + [bias]
-            info = LayerInfo(layer, "dense_conv2d", tuple(weight.shape), density, weight.nbytes + bias_bytes,
-                             act)
-        elif isinstance(layout, PackedCSR):
-            ent = str(layout.entries.dtype)
-            f, _ = self._sparse_conv(layout, csr, geo)
-            rowptr, entries, cb = self.consts(pname, "packed", layout.arrays)
-            args = [x, rowptr, entries, entries, cb, bias]  # the kernel reads the entries once (as col)
-            info = LayerInfo(layer, "sparse_conv2d", tuple(weight.shape), density, layout.nbytes + bias_bytes,
-                             act, {"layout": "packed", "entry": ent, "code_bits": layout.code_bits,
-                                             "k": layout.k, "groups": groups})
+        if isinstance(layout, PackedCSR):
+            sp = Candidate("packed", layout.nbytes, lambda: self._sparse_conv(layout, csr, geo)[0], layout.arrays,
+                           (0, 1, 1, 2), {"entry": str(layout.entries.dtype), "code_bits": layout.code_bits,
+                                          "k": layout.k, "groups": groups, "cb_groups": layout.groups})
         else:
-            f, _ = self._sparse_conv(layout, csr, geo)
-            args = [x] + self.consts(pname, "csr", csr.arrays) + [bias]
-            info = LayerInfo(layer, "sparse_conv2d", tuple(weight.shape), density, csr.nbytes + bias_bytes,
-                             act, {"layout": "csr", "col": str(csr.col.dtype), "code": str(csr.code.dtype),
-                                             "k": csr.k, "groups": groups})
-        if self.calibrated and self.calibrated[-1] == layer:
+            sp = Candidate("csr", csr.nbytes, lambda: self._sparse_conv(layout, csr, geo)[0], csr.arrays,
+                           info={"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k,
+                                 "groups": groups, "cb_groups": csr.groups})
+        cands = [sp]
+        if not self.gpu:
+            from .dense_code import dense_code_conv2d_func
+
+            cands += self._code_candidates(w, weight, oc, lambda dc: dense_code_conv2d_func(
+                self.target, k=dc.k, cb_groups=dc.groups, bits=dc.bits, **geo))
+            cands.append(Candidate("dense", weight.nbytes, lambda: CK.dense_conv2d_func(self.target, **geo),
+                                   lambda: [np.ascontiguousarray(weight)], info={"groups": groups}))
+        cand, timed = self._pick(cands, w, density, rule, (n, c, h, wd), (n, oc, oh, ow), name)
+        if timed:
+            self.calibrated.append(layer)
+        kind = "sparse_conv2d" if cand.sparse else ("dense_conv2d" if cand.layout == "dense" else "code_conv2d")
+        args = [x] + cand.kernel_args(self.consts(pname, cand.layout, cand.arrays)) + [bias]
+        info = LayerInfo(layer, kind, tuple(weight.shape), density, cand.nbytes + bias_bytes, act,
+                         {"layout": cand.layout, **cand.info}, layout=cand.layout)
+        if timed:
             info.dtypes["chosen_by"] = "timing"
-        gv = imp.block_builder.add_func(f, name)
+        gv = imp.block_builder.add_func(cand.func(), name)
         y = imp.block_builder.emit(relax.call_tir(gv, args, relax.TensorType((n, oc, oh, ow), "float32")))
         if r is not None:
             self.fused.add(r)
@@ -361,17 +396,19 @@ class Converters:
         if isinstance(layout, PackedCSR):
             ent = str(layout.entries.dtype)
             f = CK.sparse_conv2d_func(self.target, nnz=layout.entries.shape[0], k=layout.k, col_dtype=ent,
-                                      code_dtype=ent, packed=(layout.code_bits, (1 << layout.gap_bits) - 1), **geo)
-            return f, [layout.rowptr, layout.entries, layout.entries, layout.codebook]
+                                      code_dtype=ent, packed=(layout.code_bits, (1 << layout.gap_bits) - 1),
+                                      cb_groups=layout.groups, **geo)
+            rowptr, entries, cb = layout.arrays()
+            return f, [rowptr, entries, entries, cb]
         f = CK.sparse_conv2d_func(self.target, nnz=csr.col.shape[0], k=csr.k, col_dtype=str(csr.col.dtype),
-                                  code_dtype=str(csr.code.dtype), **geo)
+                                  code_dtype=str(csr.code.dtype), cb_groups=csr.groups, **geo)
         return f, csr.arrays()
 
     def _calibrating(self) -> bool:
         """Time kernels at build time: only for modules that run on this CPU, with the kernel not forced, in
-        ``weights="fast"`` mode, unless ``calibrate=False``."""
+        ``weights="fast"`` or ``"balanced"`` mode, unless ``calibrate=False``."""
         return (bool(self.options.get("calibrate", True)) and self.runnable and not self.gpu
-                and self.options.get("kernel") is None and self.options.get("weights", "fast") == "fast")
+                and self.options.get("kernel") is None and self.options.get("weights", "fast") != "small")
 
     # -- embedding ---------------------------------------------------------------------------------------
     def embedding(self, node, imp):
@@ -398,13 +435,15 @@ class Converters:
         flat = imp.block_builder.emit(relax.op.reshape(ids, (ntok,)))
         name = self._unique(layer)
         f = embedding_csr_func(self.target, ntok, num, dim, csr.col.shape[0], csr.k, id_dtype=str(ids.ty.dtype),
-                               col_dtype=str(csr.col.dtype), code_dtype=str(csr.code.dtype), name=name)
+                               col_dtype=str(csr.col.dtype), code_dtype=str(csr.code.dtype), name=name,
+                               cb_groups=csr.groups)
         gv = imp.block_builder.add_func(f, name)
         y = imp.block_builder.emit(relax.call_tir(gv, [flat] + self.consts(pname, "csr", csr.arrays),
                                                   relax.TensorType((ntok, dim), "float32")))
         density = csr.nnz / max(1, weight.size)
         self._record(pname, LayerInfo(layer, "sparse_embedding", (num, dim), density, csr.nbytes, False,
-                                      {"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k}))
+                                      {"col": str(csr.col.dtype), "code": str(csr.code.dtype), "k": csr.k,
+                                       "cb_groups": csr.groups}, layout="csr"))
         return imp.block_builder.emit(relax.op.reshape(y, tuple(ishape) + (dim,)))
 
     def _frontend(self, node, pname: str, op: str, weight: np.ndarray):

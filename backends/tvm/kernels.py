@@ -7,10 +7,11 @@ A compressed ``Linear`` weight ``W`` (``n_out x n_in``) is stored the way Deep C
     rowptr    int32   (n_out + 1,)   row i owns entries rowptr[i] .. rowptr[i+1]-1
     col       uint16 or int32 (nnz,) column of each entry (uint16 when n_in <= 65536)
     code      uint8 (k <= 256) or int16/int32  (nnz,)  cluster index of each entry
-    codebook  float32 (k,)           shared weights (centroids)
+    codebook  float32 (k,) or (G, k)  shared weights (centroids); G per-channel codebooks: row i uses
+                                     codebook i // (n_out / G) (the kernels take it flat, (G * k,))
 
-and every kernel computes ``y[b, i] = act(sum_j codebook[code[j]] * x[b, col[j]] + bias[i])`` without ever
-materialising the float weights.
+and every kernel computes ``y[b, i] = act(sum_j codebook[g(i), code[j]] * x[b, col[j]] + bias[i])`` without
+ever materialising the float weights.
 
 The kernels are written as TVMScript ``@T.prim_func`` inside factory functions (TVMScript needs its source
 file, so they cannot live in ``exec`` strings); shapes are Python ints captured by closure, so every layer
@@ -64,7 +65,7 @@ class CSRCodebook:
     rowptr: np.ndarray   # int32 (n_out + 1,)
     col: np.ndarray      # uint16/int32 (max(nnz, 1),)  -- padded with one 0 entry when nnz == 0
     code: np.ndarray     # uint8/int16/int32 (max(nnz, 1),)
-    codebook: np.ndarray  # float32 (k,)
+    codebook: np.ndarray  # float32 (k,) or (G, k)
     shape: tuple[int, int]
 
     @property
@@ -73,7 +74,12 @@ class CSRCodebook:
 
     @property
     def k(self) -> int:
-        return int(self.codebook.shape[0])
+        return int(self.codebook.shape[-1])
+
+    @property
+    def groups(self) -> int:
+        """Number of codebooks G (1 for a ``(k,)`` codebook)."""
+        return 1 if self.codebook.ndim == 1 else int(self.codebook.shape[0])
 
     @property
     def density(self) -> float:
@@ -87,17 +93,26 @@ class CSRCodebook:
     @classmethod
     def from_codebook(cls, indices: np.ndarray, codebook: np.ndarray, mask: np.ndarray | None = None,
                       *, col_dtype: str | None = None) -> "CSRCodebook":
-        """From cluster indices (``n_out x n_in``), a codebook and an optional mask (``True`` = kept).
+        """From cluster indices (``n_out x n_in``), a ``(k,)`` or per-channel ``(G, k)`` codebook (G dividing
+        ``n_out``) and an optional mask (``True`` = kept).
 
         Entries whose decoded value is exactly 0 (masked out, or index pointing at a 0 centroid when no
         mask is given) are dropped.
+
+        Raises:
+            ValueError: a codebook that does not fit the rows, or more than 2**31 non-zeros.
         """
+        from .dense_code import decode_codebook
+
         indices = np.asarray(indices)
         if indices.ndim != 2:
             indices = indices.reshape(indices.shape[0], -1)
-        codebook = np.ascontiguousarray(np.asarray(codebook, dtype=np.float32).reshape(-1))
+        codebook = np.asarray(codebook, dtype=np.float32)
+        codebook = np.ascontiguousarray(codebook if codebook.ndim == 2 else codebook.reshape(-1))
+        if codebook.ndim == 2 and indices.shape[0] % codebook.shape[0]:
+            raise ValueError(f"{codebook.shape[0]} codebooks do not divide the {indices.shape[0]} rows")
         if mask is None:
-            keep = codebook[indices] != 0
+            keep = decode_codebook(codebook, indices) != 0
         else:
             keep = np.asarray(mask, dtype=bool).reshape(indices.shape)
         n_out, n_in = indices.shape
@@ -108,7 +123,7 @@ class CSRCodebook:
             raise ValueError("more than 2**31 non-zeros; CSR with int32 row pointers cannot hold it")
         rows, cols = np.nonzero(keep)  # row-major order == CSR order
         col_dtype = col_dtype or ("uint16" if n_in <= 65536 else "int32")
-        k = codebook.shape[0]
+        k = codebook.shape[-1]
         code_dtype = "uint8" if k <= 256 else ("int16" if k <= 32768 else "int32")
         col = cols.astype(col_dtype)
         code = indices[rows, cols].astype(code_dtype)
@@ -130,12 +145,14 @@ class CSRCodebook:
         w = np.zeros(self.shape, dtype=np.float32)
         nnz = self.nnz
         rows = np.repeat(np.arange(n_out), np.diff(self.rowptr))
-        w[rows, self.col[:nnz].astype(np.int64)] = self.codebook[self.code[:nnz].astype(np.int64)]
+        cb = self.codebook.reshape(self.groups, self.k)
+        grp = rows // (n_out // self.groups)
+        w[rows, self.col[:nnz].astype(np.int64)] = cb[grp, self.code[:nnz].astype(np.int64)]
         return w
 
     def arrays(self) -> list[np.ndarray]:
-        """The kernel's weight arguments in order: rowptr, col, code, codebook."""
-        return [self.rowptr, self.col, self.code, self.codebook]
+        """The kernel's weight arguments in order: rowptr, col, code, flat codebook ``(G * k,)``."""
+        return [self.rowptr, self.col, self.code, np.ascontiguousarray(self.codebook.reshape(-1))]
 
 
 def _act(v, relu: bool | str):
@@ -152,22 +169,25 @@ def _act(v, relu: bool | str):
 # ---------------------------------------------------------------------------------------------------------
 def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *, col_dtype: str = "int32",
                       code_dtype: str = "uint8", relu: bool = False, name: str = "dcc_sparse_linear",
-                      block: int = 64, batch_tile: int = 16):
+                      block: int = 64, batch_tile: int = 16, cb_groups: int = 1):
     """PrimFunc ``name(x[batch, n_in], rowptr, col, code, codebook, bias[n_out], y[batch, n_out])`` for CPUs.
 
-    ``nnz`` is the length of the ``col``/``code`` buffers (``max(nnz, 1)``). Parallel over ``block``-row
+    ``nnz`` is the length of the ``col``/``code`` buffers (``max(nnz, 1)``); ``codebook`` is float32
+    ``(cb_groups * k,)`` (row i reads codebook ``i // (n_out / cb_groups)``). Parallel over ``block``-row
     blocks; see the module docstring for the batch-1 / batch-B schedules.
     """
     from tvm.script import tirx as T
 
     nnz = max(int(nnz), 1)
+    ncb = cb_groups * k
+    rpg = n_out // cb_groups
     nblk = (n_out + block - 1) // block
 
     if batch == 1:
         @T.prim_func
         def kernel(x: T.Buffer((1, n_in), "float32"), rowptr: T.Buffer((n_out + 1,), "int32"),
                    col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-                   codebook: T.Buffer((k,), "float32"), bias: T.Buffer((n_out,), "float32"),
+                   codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((n_out,), "float32"),
                    y: T.Buffer((1, n_out), "float32")):
             T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
             for blk in T.parallel(nblk):
@@ -176,6 +196,7 @@ def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *
                 acc = T.alloc_buffer((4,), "float32", scope="global")
                 for ii in T.serial(T.min(block, n_out - blk * block)):
                     i = T.bind(blk * block + ii)
+                    cbo = T.bind(i // rpg * k)
                     lo = T.bind(rowptr[i])
                     n = T.bind(rowptr[i + 1] - lo)
                     acc[0] = T.float32(0)
@@ -184,13 +205,16 @@ def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *
                     acc[3] = T.float32(0)
                     for q in T.serial(n // 4):
                         j = T.bind(lo + q * 4)
-                        acc[0] = acc[0] + codebook[T.Cast("int32", code[j])] * x[0, T.Cast("int32", col[j])]
-                        acc[1] = acc[1] + codebook[T.Cast("int32", code[j + 1])] * x[0, T.Cast("int32", col[j + 1])]
-                        acc[2] = acc[2] + codebook[T.Cast("int32", code[j + 2])] * x[0, T.Cast("int32", col[j + 2])]
-                        acc[3] = acc[3] + codebook[T.Cast("int32", code[j + 3])] * x[0, T.Cast("int32", col[j + 3])]
+                        acc[0] = acc[0] + codebook[cbo + T.Cast("int32", code[j])] * x[0, T.Cast("int32", col[j])]
+                        acc[1] = acc[1] + (codebook[cbo + T.Cast("int32", code[j + 1])]
+                                           * x[0, T.Cast("int32", col[j + 1])])
+                        acc[2] = acc[2] + (codebook[cbo + T.Cast("int32", code[j + 2])]
+                                           * x[0, T.Cast("int32", col[j + 2])])
+                        acc[3] = acc[3] + (codebook[cbo + T.Cast("int32", code[j + 3])]
+                                           * x[0, T.Cast("int32", col[j + 3])])
                     for r in T.serial(n % 4):
                         j = T.bind(lo + (n // 4) * 4 + r)
-                        acc[0] = acc[0] + codebook[T.Cast("int32", code[j])] * x[0, T.Cast("int32", col[j])]
+                        acc[0] = acc[0] + codebook[cbo + T.Cast("int32", code[j])] * x[0, T.Cast("int32", col[j])]
                     if relu:
                         y[0, i] = T.max((acc[0] + acc[1]) + (acc[2] + acc[3]) + bias[i], T.float32(0))
                     else:
@@ -205,7 +229,7 @@ def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *
     @T.prim_func
     def kernel_b(x: T.Buffer((batch, n_in), "float32"), rowptr: T.Buffer((n_out + 1,), "int32"),
                  col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-                 codebook: T.Buffer((k,), "float32"), bias: T.Buffer((n_out,), "float32"),
+                 codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((n_out,), "float32"),
                  y: T.Buffer((batch, n_out), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True, "op_pattern": 8})
         xt = T.alloc_buffer((n_in, bp), "float32", scope="global")
@@ -220,7 +244,7 @@ def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *
                     for v in T.vectorized(bt):
                         acc[v] = T.float32(0)
                     for j in T.serial(rowptr[i], rowptr[i + 1]):
-                        w = T.bind(codebook[T.Cast("int32", code[j])])
+                        w = T.bind(codebook[i // rpg * k + T.Cast("int32", code[j])])
                         c = T.bind(T.Cast("int32", col[j]))
                         for v in T.vectorized(bt):
                             acc[v] = acc[v] + w * xt[c, tb * bt + v]
@@ -239,11 +263,12 @@ def sparse_linear_cpu(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *
 # ---------------------------------------------------------------------------------------------------------
 def sparse_linear_cuda(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *, col_dtype: str = "int32",
                        code_dtype: str = "uint8", relu: bool = False, name: str = "dcc_sparse_linear_cuda",
-                       warps_per_block: int = 4):
+                       warps_per_block: int = 4, cb_groups: int = 1):
     """CUDA PrimFunc (same signature as :func:`sparse_linear_cpu`): one warp per output row.
 
     Grid ``(ceil(n_out / warps_per_block), batch)``, block ``(32, warps_per_block)``. The block first copies
-    the codebook into shared memory; each lane of a row's warp walks the row with stride 32 (coalesced reads
+    the codebook into shared memory (all ``cb_groups * k`` centroids when they fit in 16 KiB; else the kernel
+    reads them from global memory); each lane of a row's warp walks the row with stride 32 (coalesced reads
     of ``col``/``code``), and the 32 partial sums are combined with ``__shfl_down_sync``.
     """
     from tvm.script import tirx as T
@@ -252,31 +277,41 @@ def sparse_linear_cuda(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, 
     wpb = warps_per_block
     nrb = (n_out + wpb - 1) // wpb
     nthreads = 32 * wpb
-    kload = (k + nthreads - 1) // nthreads
+    ncb = cb_groups * k
+    rpg = n_out // cb_groups
+    staged = ncb <= 4096
+    nsh = ncb if staged else 1
+    kload = (nsh + nthreads - 1) // nthreads
 
     @T.prim_func
     def kernel(x: T.Buffer((batch, n_in), "float32"), rowptr: T.Buffer((n_out + 1,), "int32"),
                col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((n_out,), "float32"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((n_out,), "float32"),
                y: T.Buffer((batch, n_out), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
         for b in T.thread_binding(batch, thread="blockIdx.y"):
             for rb in T.thread_binding(nrb, thread="blockIdx.x"):
                 for w in T.thread_binding(wpb, thread="threadIdx.y"):
                     for lane in T.thread_binding(32, thread="threadIdx.x"):
-                        cb = T.alloc_buffer((k,), "float32", scope="shared")
+                        cb = T.alloc_buffer((nsh,), "float32", scope="shared")
                         acc = T.alloc_buffer((1,), "float32", scope="local")
-                        for t in T.serial(kload):
-                            if t * nthreads + w * 32 + lane < k:
-                                cb[t * nthreads + w * 32 + lane] = codebook[t * nthreads + w * 32 + lane]
-                        T.tvm_storage_sync("shared")
+                        if staged:
+                            for t in T.serial(kload):
+                                if t * nthreads + w * 32 + lane < ncb:
+                                    cb[t * nthreads + w * 32 + lane] = codebook[t * nthreads + w * 32 + lane]
+                            T.tvm_storage_sync("shared")
                         i = T.bind(T.min(rb * wpb + w, n_out - 1))
+                        cbo = T.bind(i // rpg * k)
                         lo = T.bind(rowptr[i])
                         hi = T.bind(rowptr[i + 1])
                         acc[0] = T.float32(0)
                         for t in T.serial((hi - lo + 31 - lane) // 32):
                             j = T.bind(lo + lane + t * 32)
-                            acc[0] = acc[0] + cb[T.Cast("int32", code[j])] * x[b, T.Cast("int32", col[j])]
+                            if staged:
+                                acc[0] = acc[0] + cb[cbo + T.Cast("int32", code[j])] * x[b, T.Cast("int32", col[j])]
+                            else:
+                                acc[0] = acc[0] + (codebook[cbo + T.Cast("int32", code[j])]
+                                                   * x[b, T.Cast("int32", col[j])])
                         acc[0] = acc[0] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[0], 16, 32, 32)
                         acc[0] = acc[0] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[0], 8, 32, 32)
                         acc[0] = acc[0] + T.tvm_warp_shuffle_down(T.tvm_warp_activemask(), acc[0], 4, 32, 32)
@@ -293,7 +328,7 @@ def sparse_linear_cuda(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, 
 
 def sparse_linear_opencl(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1, *, col_dtype: str = "int32",
                          code_dtype: str = "uint8", relu: bool = False, name: str = "dcc_sparse_linear_cl",
-                         group: int = 64):
+                         group: int = 64, cb_groups: int = 1):
     """OpenCL PrimFunc for Mali GPUs (same signature as :func:`sparse_linear_cpu`): one work-item per row.
 
     Mali has no fast on-chip shared memory or cross-lane shuffles in portable OpenCL, and its "local"
@@ -304,11 +339,13 @@ def sparse_linear_opencl(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1
 
     nnz = max(int(nnz), 1)
     ngroups = (n_out + group - 1) // group
+    ncb = cb_groups * k
+    rpg = n_out // cb_groups
 
     @T.prim_func
     def kernel(x: T.Buffer((batch, n_in), "float32"), rowptr: T.Buffer((n_out + 1,), "int32"),
                col: T.Buffer((nnz,), col_dtype), code: T.Buffer((nnz,), code_dtype),
-               codebook: T.Buffer((k,), "float32"), bias: T.Buffer((n_out,), "float32"),
+               codebook: T.Buffer((ncb,), "float32"), bias: T.Buffer((n_out,), "float32"),
                y: T.Buffer((batch, n_out), "float32")):
         T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
         for b in T.thread_binding(batch, thread="blockIdx.y"):
@@ -319,7 +356,8 @@ def sparse_linear_opencl(n_out: int, n_in: int, nnz: int, k: int, batch: int = 1
                         i = T.bind(g * group + t)
                         acc[0] = T.float32(0)
                         for j in T.serial(rowptr[i], rowptr[i + 1]):
-                            acc[0] = acc[0] + codebook[T.Cast("int32", code[j])] * x[b, T.Cast("int32", col[j])]
+                            acc[0] = acc[0] + (codebook[i // rpg * k + T.Cast("int32", code[j])]
+                                               * x[b, T.Cast("int32", col[j])])
                         if relu:
                             y[b, i] = T.max(acc[0] + bias[i], T.float32(0))
                         else:
@@ -333,6 +371,9 @@ def sparse_linear_func(target, n_out: int, n_in: int, nnz: int, k: int, batch: i
     from .targets import target_kind
 
     kind = target_kind(target)
+    cb_groups = int(kw.get("cb_groups", 1))
+    if cb_groups < 1 or n_out % cb_groups:
+        raise ValueError(f"cb_groups={cb_groups} codebooks must divide the {n_out} output rows")
     if kind == "llvm":
         return sparse_linear_cpu(n_out, n_in, nnz, k, batch, **kw)
     if kind == "cuda":
@@ -445,7 +486,7 @@ def build_sparse_linear(csr: CSRCodebook, bias: np.ndarray | None = None, *, bat
     n_out, n_in = csr.shape
     tgt = resolve_target(target)
     f = sparse_linear_func(tgt, n_out, n_in, csr.col.shape[0], csr.k, batch, col_dtype=str(csr.col.dtype),
-                           code_dtype=str(csr.code.dtype), relu=relu, name=name, **kw)
+                           code_dtype=str(csr.code.dtype), relu=relu, name=name, cb_groups=csr.groups, **kw)
     lib = tvm.compile(f, target=tvm.target.Target(tgt))
     b = np.zeros(n_out, np.float32) if bias is None else np.asarray(bias, np.float32)
     if is_gpu(tgt):

@@ -134,8 +134,9 @@ def lower_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None,
     ``id_checks`` = ``[(input index, table rows, layer)]`` for inputs that are embedding ids.
 
     Options: ``kernel="sparse"|"dense"`` forces the kernel of every linear/conv layer; ``weights="fast"``
-    (default: per layer the measured faster kernel) or ``"small"`` (compressed layouts unless one is larger than
-    the dense weight: the smallest artifact); ``no_fuse=True`` keeps ReLUs separate; ``convert_map={op:
+    (default: per layer the measured fastest layout), ``"small"`` (per layer the fewest bytes: the smallest
+    artifact) or ``"balanced"`` (the fastest within ``max_bytes_ratio``, default 1.5, times the layer's coded
+    size), see :mod:`.layouts`; ``no_fuse=True`` keeps ReLUs separate; ``convert_map={op:
     fn(node, importer)}`` adds or overrides frontend converters.
 
     Raises:

@@ -110,7 +110,7 @@ class LoweredModule:
     def __repr__(self) -> str:
         lines = [f"LoweredModule(target={self.target}, inputs={self.input_specs})"]
         for layer in self.layers:
-            lines.append(f"  {layer.name}: {layer.kind} {layer.shape} density={layer.density:.3f} "
+            lines.append(f"  {layer.name}: {layer.kind} [{layer.layout}] {layer.shape} density={layer.density:.3f} "
                          f"const={layer.const_nbytes}B" + _act_suffix(layer.fused_relu))
         return "\n".join(lines)
 

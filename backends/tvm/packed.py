@@ -6,7 +6,7 @@ ICLR 2016, §2 and Fig. 2). :class:`PackedCSR` keeps that form in memory::
 
     rowptr    int32 (n_rows + 1,)   row i owns entries rowptr[i] .. rowptr[i+1]-1
     entries   uint8 | uint16 (n,)   (gap << code_bits) | code ; col = previous col + gap + 1 (previous = -1)
-    codebook  float32 (k,)          the centroids
+    codebook  float32 (k,) | (G, k) the centroids (G per-channel codebooks: row i uses i // (n_rows / G))
 
 A gap field of all ones (``esc = 2**gap_bits - 1``) marks a *filler* entry: it adds no weight and advances the
 column by ``(code + 1) * esc``, so one filler skips up to ``2**code_bits * esc`` columns. Entries are 8 bits when
@@ -31,7 +31,7 @@ class PackedCSR:
 
     rowptr: np.ndarray    # int32 (n_rows + 1,)
     entries: np.ndarray   # uint8 / uint16 (max(n, 1),)
-    codebook: np.ndarray  # float32 (k,)
+    codebook: np.ndarray  # float32 (k,) or (G, k)
     code_bits: int
     shape: tuple[int, int]
 
@@ -45,7 +45,12 @@ class PackedCSR:
 
     @property
     def k(self) -> int:
-        return int(self.codebook.shape[0])
+        return int(self.codebook.shape[-1])
+
+    @property
+    def groups(self) -> int:
+        """Number of codebooks G (1 for a ``(k,)`` codebook)."""
+        return 1 if self.codebook.ndim == 1 else int(self.codebook.shape[0])
 
     @property
     def nbytes(self) -> int:
@@ -53,8 +58,8 @@ class PackedCSR:
         return int(self.rowptr.nbytes + self.entries.nbytes + self.codebook.nbytes)
 
     def arrays(self) -> list[np.ndarray]:
-        """The kernel's weight arguments in order: rowptr, entries, codebook."""
-        return [self.rowptr, self.entries, self.codebook]
+        """The kernel's weight arguments in order: rowptr, entries, flat codebook ``(G * k,)``."""
+        return [self.rowptr, self.entries, np.ascontiguousarray(self.codebook.reshape(-1))]
 
     @classmethod
     def from_csr(cls, csr: CSRCodebook, entry_bits: int | None = None) -> "PackedCSR":
@@ -112,11 +117,13 @@ class PackedCSR:
         g, c = e >> self.code_bits, e & mask
         fill = g == esc
         step = np.where(fill, (c + 1) * esc, g + 1)
+        cb = self.codebook.reshape(self.groups, self.k)
+        rpg = self.shape[0] // self.groups
         for i in range(self.shape[0]):
             lo, hi = int(self.rowptr[i]), int(self.rowptr[i + 1])
             cols = np.cumsum(step[lo:hi]) - 1
             real = ~fill[lo:hi]
-            out[i, cols[real]] = self.codebook[c[lo:hi][real]]
+            out[i, cols[real]] = cb[i // rpg, c[lo:hi][real]]
         return out
 
 
