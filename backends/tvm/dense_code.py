@@ -39,22 +39,18 @@ __all__ = ["DenseCodes", "dense_code_conv2d_cpu", "dense_code_linear_cpu", "dens
 
 
 def decode_codebook(codebook: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """float32 weight ``codebook[row_group, indices]`` for a ``(k,)`` or ``(G, k)`` codebook (dim 0 of
-    ``indices`` split into G equal groups; the shared per-channel codebook convention).
+    """:func:`dccomp.ir.decode_codebook` on numpy arrays: float32 ``codebook[row_group, indices]`` for a ``(k,)``
+    or ``(G, k)`` codebook.
 
     Raises:
-        ValueError: a 2-D codebook whose G does not divide ``indices.shape[0]``, or a codebook of another rank.
+        ValueError: a codebook that is not 1-D/2-D or whose G does not divide ``indices.shape[0]``.
     """
-    cb = np.asarray(codebook, np.float32)
-    idx = np.asarray(indices).astype(np.int64)
-    if cb.ndim == 1:
-        return cb[idx]
-    if cb.ndim != 2 or idx.ndim < 1 or idx.shape[0] % cb.shape[0]:
-        raise ValueError(f"codebook of shape {tuple(cb.shape)} does not fit indices of shape {tuple(idx.shape)}: "
-                         "expected (k,) or (G, k) with G dividing dim 0")
-    s = idx.shape[0] // cb.shape[0]
-    grp = (np.arange(idx.shape[0]) // s).reshape((-1,) + (1,) * (idx.ndim - 1))
-    return cb[grp, idx]
+    import torch
+
+    from dccomp.ir import decode_codebook as decode
+
+    cb = torch.from_numpy(np.ascontiguousarray(codebook, np.float32))
+    return decode(cb, torch.from_numpy(np.asarray(indices).astype(np.int64))).numpy()
 
 
 @dataclass
