@@ -57,12 +57,15 @@ def decode_codebook(codebook: torch.Tensor, indices: torch.Tensor) -> torch.Tens
 
     Returns:
         float32 tensor of ``indices``' shape: ``codebook[indices]`` or ``codebook[row_group, indices]``. Pruned
-        positions are not zeroed here (apply the mask).
+        positions are not zeroed here (apply the mask). An empty codebook (a layer with no surviving weight)
+        decodes to zeros.
 
     Raises:
         ValueError: a codebook that is not 1-D/2-D or whose G does not divide dim 0. IndexError: an index >= k.
     """
     cb = codebook.float()
+    if cb.numel() == 0:  # every weight pruned: nothing to look up
+        return torch.zeros(indices.shape, dtype=torch.float32)
     if cb.dim() == 1:
         return cb[indices]
     rows = codebook_rows(cb, indices.shape)

@@ -7,6 +7,7 @@ torch = pytest.importorskip("torch")
 
 import numpy as np  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 from hypothesis import HealthCheck, assume, given, settings, strategies as st  # noqa: E402
 
 from dccomp.backends.tvm import TVMBackend  # noqa: E402
@@ -356,3 +357,19 @@ def test_dense_code_conv2d_code_widths(c, oc, kh, groups, k, cb_groups):
     f = dense_code_conv2d_func(HOST, k=dc.k, cb_groups=dc.groups, bits=dc.bits, name="w", **L)
     ref = F.conv2d(torch.from_numpy(x), torch.from_numpy(wd), None, 1, kh // 2, 1, groups)
     _close(_run(f, "w", [x] + dc.arrays() + [np.zeros(oc, np.float32)], tuple(ref.shape)), ref.numpy())
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "channel"])
+def test_fully_pruned_layers_lower_in_every_mode(granularity):
+    """Found by a new user: a layer with no surviving weight (empty codebook) crashed the TVM lowering."""
+    import dccomp
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 8), nn.ReLU(),
+                      nn.Linear(8, 2)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    c = dccomp.compile(m, f'prune{{layers={{"0":1.0,"3":1.0}}}},cluster{{bits=4,granularity={granularity}}},huffman',
+                       example_inputs=x)
+    for mode in ("fast", "small", "balanced"):
+        t = dccomp.compile(c, backend="tvm", example_inputs=x, backend_options={"weights": mode})
+        torch.testing.assert_close(t(x), c(x), rtol=1e-5, atol=1e-6)

@@ -56,6 +56,15 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+def _kernel_codebook(w) -> np.ndarray:
+    """``w``'s codebook for the kernels: a layer with no surviving weight has an empty codebook, which the
+    kernels (k >= 1) get as a single 0 centroid per codebook row (no entry reads it)."""
+    cb = _np(w.codebook)
+    if cb.size == 0:
+        return np.zeros(cb.shape[:-1] + (1,), np.float32)
+    return cb
+
+
 def _sanitize(name: str) -> str:
     return re.sub(r"[^0-9A-Za-z_]", "_", name)
 
@@ -137,7 +146,7 @@ class Converters:
     @staticmethod
     def _csr(weight2d: np.ndarray, w, shape2d) -> K.CSRCodebook:
         if w is not None and w.codebook is not None and w.indices is not None:
-            return K.CSRCodebook.from_codebook(_np(w.indices).reshape(shape2d), _np(w.codebook), weight2d != 0)
+            return K.CSRCodebook.from_codebook(_np(w.indices).reshape(shape2d), _kernel_codebook(w), weight2d != 0)
         return K.CSRCodebook.from_dense(weight2d)
 
     def _record(self, pname: str, info: LayerInfo) -> None:
@@ -173,7 +182,7 @@ class Converters:
             return []
         out: list[Candidate] = []
         for bits in (None, 4, 8):
-            dc = DenseCodes.from_codebook(_np(w.indices).reshape(rows, -1), _np(w.codebook),
+            dc = DenseCodes.from_codebook(_np(w.indices).reshape(rows, -1), _kernel_codebook(w),
                                           (weight != 0).reshape(rows, -1), bits=bits)
             if dc is None or any(c.layout == f"code{dc.bits}" for c in out) or (out and dc.bits < out[0].info["bits"]):
                 continue
@@ -340,7 +349,7 @@ class Converters:
         bias, bias_bytes = self._bias(imp, bnode, oc)
         density = int(np.count_nonzero(weight)) / max(1, weight.size)
         indices = None if w is None or w.indices is None else _np(w.indices).reshape(weight.shape)
-        codebook = None if w is None or w.codebook is None else _np(w.codebook)
+        codebook = None if w is None or w.codebook is None else _kernel_codebook(w)
         if indices is not None and codebook is not None:
             csr = CK.conv_csr(indices, codebook, weight != 0, groups)
         else:

@@ -72,7 +72,7 @@ class PackedCSR:
             ValueError: ``entry_bits`` is not 8/16 or leaves no room for a 2-bit gap field.
         """
         k = csr.k
-        code_bits = max(1, int(np.ceil(np.log2(k))))
+        code_bits = max(1, int(np.ceil(np.log2(max(k, 1)))))  # k = 0: a layer with no survivor
         if entry_bits is None:
             entry_bits = 8 if code_bits <= 6 else 16
         if entry_bits not in (8, 16) or entry_bits - code_bits < 2:
