@@ -60,6 +60,11 @@ PIPELINES = {
     "embprune50-emb4-lin6": "prune{sparsity=0.5,exclude=linear},cluster{bits=6,init=kmeans++,layers={embedding:4}},huffman",
     "prune50-cluster5": "prune{sparsity=0.5},cluster{bits=5,init=kmeans++},huffman",
     "word3-lin5": 'cluster{bits=5,init=kmeans++,layers={".*word_embeddings.*":3,embedding:8}},huffman',
+    # the same codes, coded at the entropy bound (rANS) with float16 centroids instead of Huffman
+    "word3-attn5-lin6-ans": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":3,embedding:8,'
+                            '".*attention.*":5}},ans{codebook_dtype=float16}',
+    "word3-emb6-attn5-lin6-ans": 'cluster{bits=6,init=kmeans++,layers={".*word_embeddings.*":3,embedding:6,'
+                                 '".*attention.*":5}},ans{codebook_dtype=float16}',
 }
 CONFIGS = ("fp16", "int8-dynamic", *PIPELINES)
 #: ``distill-<pipeline name>``: the pipeline with ``retrain`` (centroids, biases, LayerNorm) before Huffman.
@@ -158,8 +163,8 @@ def main() -> None:
         elif config in PIPELINES or config.startswith("distill-") and config[8:] in PIPELINES:
             pipeline, trainer = PIPELINES[config.removeprefix("distill-")], None
             if config.startswith("distill-"):
-                head, _, _ = pipeline.rpartition(",huffman")
-                pipeline = f"{head},{DISTILL.format(lr=a.distill_lr)},huffman"
+                head, _, coder = pipeline.rpartition(",")  # the last pass is the entropy coder
+                pipeline = f"{head},{DISTILL.format(lr=a.distill_lr)},{coder}"
                 trainer = dccomp.Trainer(_distill_batches(pairs, a), step_fn=_distill_step(model, tok))
                 r.update(distill_steps=a.distill_steps, distill_batch=a.distill_batch)
             with warnings.catch_warnings():

@@ -122,6 +122,19 @@ class Converters:
         self._names.add(name)
         return name
 
+    def _layer_name(self, node, pname: str) -> str:
+        """The layer a weight op belongs to: the parameter's module (``fc1`` for ``fc1.weight``); for a tied
+        weight (one parameter read by several layers) the module making this call, from the export's
+        ``nn_module_stack``, so ``emb``'s lookup is not named after the ``out`` projection sharing its table."""
+        base = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname
+        w = self.weight_of.get(pname)
+        if w is not None and len(w.users) > 1:
+            stack = node.meta.get("nn_module_stack") or {}
+            path = list(stack.values())[-1][0] if stack else ""
+            if path:
+                return str(path)
+        return base
+
     def _param(self, node) -> str | None:
         """Qualified parameter name if ``node`` is a parameter placeholder of the exported program."""
         if getattr(node, "op", None) == "placeholder":
@@ -256,7 +269,7 @@ class Converters:
         pname = self._param(node.args[1])
         if pname is None:  # a computed weight: the frontend's matmul
             return self.orig["linear.default"](node)
-        layer = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname
+        layer = self._layer_name(node, pname)
         x = self._float_input(imp, node.args[0], layer)
         weight, w = self.effective_weight(pname)
         n_out, n_in = weight.shape
@@ -336,7 +349,7 @@ class Converters:
 
         from . import conv_kernels as CK
 
-        layer = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname
+        layer = self._layer_name(node, pname)
         weight, w = self.effective_weight(pname)
         if conv1d:
             weight = weight[:, :, None, :]
@@ -429,12 +442,12 @@ class Converters:
         ids_node = node.args[1]
         if getattr(ids_node, "op", None) == "placeholder" and ids_node.name in self.input_index:
             rows = int(self._shape(imp.env[node.args[0]])[0])
-            layer = (pname or node.name).rsplit(".weight", 1)[0]
+            layer = self._layer_name(node, pname) if pname else node.name
             self.id_checks.append((self.input_index[ids_node.name], rows, layer))
         w = self.weight_of.get(pname) if pname else None
         if w is None or (w.mask is None and w.codebook is None):  # dense table: the frontend's take
             return self.orig["embedding.default"](node)
-        layer = pname.rsplit(".", 1)[0] if pname.endswith(".weight") else pname
+        layer = self._layer_name(node, pname)
         weight, w = self.effective_weight(pname)
         num, dim = weight.shape
         csr = self._csr(weight, w, (num, dim))
@@ -461,9 +474,10 @@ class Converters:
 
     def record_frontend_weights(self) -> None:
         """Compressed weights the frontend lowered itself (LSTM, ConvTranspose, ...): dense constants."""
-        for pname in self.param_of.values():
+        used = {n.name for n in self.ep.graph.nodes if n.op == "placeholder" and n.users}
+        for node_name, pname in self.param_of.items():
             w = self.weight_of.get(pname)
-            if w is not None and pname not in self.lowered:
+            if w is not None and pname not in self.lowered and node_name in used:
                 weight, _ = self.effective_weight(pname)
                 self._frontend_info(pname, weight)
 
