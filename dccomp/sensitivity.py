@@ -129,7 +129,7 @@ class Sensitivity:
         s0 = min(s_grid)
         lines = [f"baseline top-1 {100 * self.baseline:.2f}%", "",
                  "top-1 (%) vs sparsity (one layer pruned, not clustered)",
-                 f"{'layer':<16}" + "".join(f"{s:>7.2f}" for s in s_grid)]
+                 f"{'layer':<16}" + "".join(f"{s:>7g}" for s in s_grid)]
         for c in self.layers.values():
             lines.append(f"{c.name:<16}" + "".join(f"{100 * c.accuracy(s, None):>7.2f}" for s in s_grid))
         lines += ["", f"top-1 (%) vs bits (one layer clustered, sparsity {s0:g})",

@@ -20,7 +20,7 @@ from dccomp.ir import IR, State
 from dccomp.pass_infra import Pass, PassContext, PassResult
 from dccomp.sensitivity import Sensitivity, analyze
 
-__all__ = ["Allocate", "Plan", "plan_allocation", "holdout_split"]
+__all__ = ["Allocate", "Plan", "plan_allocation", "holdout_split", "format_allocation"]
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,21 @@ def holdout_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor,
     if n_val >= n:
         raise ValueError(f"{n} training examples cannot be split into training and validation parts")
     return perm[n_val:], perm[:n_val]
+
+
+def format_allocation(rec: dict[str, Any]) -> str:
+    """Text summary of an ``allocate`` record (``compiled.records["allocate#N"]``): the sensitivity table, one
+    line per attempt (tolerance, per-layer sparsity/bits, validation drop, estimated bytes) and the verdict."""
+    lines = [rec.get("sensitivity_table", ""), ""]
+    for i, a in enumerate(rec["attempts"]):
+        layers = ", ".join(f"{n.removesuffix('.weight')} {s:g}/{b}b" for n, (s, b) in a["choices"].items())
+        test = f", test {100 * a['test_accuracy']:.2f}%" if "test_accuracy" in a else ""
+        lines.append(f"attempt {i + 1}{' (chosen)' if i == rec['chosen'] else ''}: tolerance {a['tolerance']:.1f} pt "
+                     f"-> {layers}; est. {a['estimated_bytes']:.0f} B; validation {100 * a['val_accuracy']:.2f}% "
+                     f"({-a['val_drop_points']:+.2f} pt){test}; {a['seconds']:.0f} s")
+    lines.append(f"budget {rec['budget']} pt on {rec['val_examples']} held-out training examples (dense "
+                 f"{100 * rec['dense_val_accuracy']:.2f}%): {'met' if rec['budget_met'] else 'NOT met'}")
+    return "\n".join(lines)
 
 
 def _dataset(data: Any) -> Dataset:
