@@ -122,6 +122,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--distill", action="store_true", help="also deep-compression with distillation")
     ap.add_argument("--val-fraction", type=float, default=0.1)
+    ap.add_argument("--auto-options", default="", help="extra allocate options for deep-compression-auto, "
+                    "e.g. sensitivity_samples=2000 (the row's pipeline_text shows them)")
     ap.add_argument("--merge", default="", help="comma-separated result files to merge (no runs)")
     ap.add_argument("--json", default="bench/results/compression_auto.json")
     a = ap.parse_args()
@@ -132,6 +134,9 @@ def main() -> None:
         rows = []
         train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
         pipes = [(p, p) for p in a.pipelines.split(",")] + ([DISTILL] if a.distill else [])
+        if a.auto_options:
+            auto = f"allocate{{budget=0.5,{a.auto_options}}},huffman{{index_bits=auto}}"
+            pipes = [(label, auto if label == "deep-compression-auto" else text) for label, text in pipes]
         with tempfile.TemporaryDirectory() as tmp:
             for name in a.models.split(","):
                 for seed in (int(s) for s in a.seeds.split(",")):
