@@ -195,6 +195,8 @@ class Allocate(Pass):
         return True
 
     def check(self, ir: IR) -> str | None:
+        if not ir.weights:
+            return "the model has no compressible weight (Linear/Conv/Embedding/...), so there is nothing to allocate"
         for w in ir.weights.values():
             if w.state >= State.CLUSTERED:
                 return f"weight {w.name!r} is already {w.state}; allocate prunes and clusters, so it runs first"

@@ -129,3 +129,10 @@ def test_needs_splittable_training_data(digits):
     batches = [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))]
     with pytest.raises(PassError, match="Dataset with a length"):
         dccomp.compile(model, "allocate", example_inputs=torch.zeros(1, 1, 8, 8), train_data=iter(batches))
+
+
+def test_model_without_compressible_weights_is_refused():
+    model = nn.Sequential(nn.ReLU())
+    with pytest.raises(PassError, match="no compressible weight"):
+        dccomp.compile(model, "allocate", example_inputs=torch.zeros(1, 4), train_data=(torch.zeros(8, 4),
+                                                                                     torch.zeros(8).long()))
