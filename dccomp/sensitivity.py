@@ -195,6 +195,31 @@ def _accuracy(gm: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int 
     return correct / len(x)
 
 
+def _finetune(ir: IR, name: str, mask: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor], batch: int,
+              lr: float, seed: int) -> None:
+    """One pass of SGD over ``data`` on the whole model with ``name`` pruned to ``mask`` (other masks kept)."""
+    masks = {n: w.mask for n, w in ir.weights.items() if w.mask is not None}
+    masks[name] = mask if name not in masks else masks[name] & mask
+    params = {n: ir.param(n) for n in masks}
+    with torch.no_grad():
+        for n, m in masks.items():
+            params[n].masked_fill_(~m, 0.0)
+    x, y = data
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    opt = torch.optim.SGD([q for q in ir.gm.parameters() if q.requires_grad], lr=lr, momentum=0.9)
+    ir.gm.train()
+    with torch.enable_grad():
+        for i in range(0, len(x), batch):
+            j = order[i:i + batch]
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(ir.gm(x[j]), y[j]).backward()
+            opt.step()
+            with torch.no_grad():
+                for n, m in masks.items():
+                    params[n].masked_fill_(~m, 0.0)
+    ir.gm.eval()
+
+
 def _key(ir: IR, x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any]) -> str:
     h = hashlib.sha256(json.dumps({**settings, "v": _VERSION}, sort_keys=True).encode())
     for name, t in sorted(ir.gm.state_dict().items()):
@@ -210,7 +235,8 @@ def _key(ir: IR, x: torch.Tensor, y: torch.Tensor, settings: dict[str, Any]) -> 
 
 def analyze(ir: IR, data: Any, *, sparsities: Sequence[float] = SPARSITIES, bits: Sequence[int] = BITS,
             init: str = "linear", empty: str = "reseed", max_samples: int | None = 5000, seed: int = 0,
-            cache: bool | str | Path = True) -> Sensitivity:
+            cache: bool | str | Path = True, finetune: Any = None, finetune_batch: int = 128,
+            finetune_lr: float = 0.01) -> Sensitivity:
     """Measure each layer's accuracy over the grid ``sparsities x ([None] + bits)``, one layer at a time.
 
     Each point prunes that layer's weight by magnitude (:func:`dccomp.passes.prune.prune_weight`), optionally
@@ -224,6 +250,11 @@ def analyze(ir: IR, data: Any, *, sparsities: Sequence[float] = SPARSITIES, bits
         bits: bits per cluster index, each in [1, 16].
         cache: ``True`` (the dccomp cache folder, ``$DCCOMP_CACHE`` or ``~/.cache/dccomp``), a folder, or
             ``False``. The key covers every parameter and buffer, the masks, the data and the settings.
+        finetune: optional labelled data (same forms as ``data``; use examples other than ``data``'s). When
+            given, after pruning a layer the whole model is fine-tuned for one pass over it (SGD, momentum 0.9,
+            ``finetune_lr``, batches of ``finetune_batch``, cross-entropy, masks kept) before that sparsity's
+            points are measured: a cheap proxy of how much retraining recovers (one-shot drops overstate the
+            damage of pruning large redundant layers relative to small ones).
 
     Returns:
         :class:`Sensitivity` (its ``from_cache`` says whether it was read from the cache).
@@ -245,9 +276,13 @@ def analyze(ir: IR, data: Any, *, sparsities: Sequence[float] = SPARSITIES, bits
             raise ValueError(f"sensitivity analysis needs unclustered weights, but {w.name!r} is {w.state}; "
                              "run it before cluster")
     x, y = _as_xy(data, max_samples)
+    ft = _as_xy(finetune, None) if finetune is not None else None
     settings = {"sparsities": [float(s) for s in sparsities], "bits": [int(b) for b in bits], "init": init,
-                "empty": empty, "seed": seed, "n": len(x)}
+                "empty": empty, "seed": seed, "n": len(x), "finetune": 0 if ft is None else len(ft[0]),
+                "finetune_batch": finetune_batch, "finetune_lr": finetune_lr}
     key = _key(ir, x, y, settings)
+    if ft is not None:
+        key = hashlib.sha256((key + _key(ir, *ft, settings)).encode()).hexdigest()[:20]
     path = None
     if cache is not False:
         from .demo import cache_dir
@@ -263,16 +298,29 @@ def analyze(ir: IR, data: Any, *, sparsities: Sequence[float] = SPARSITIES, bits
     was = gm.training
     gm.eval()
     baseline = _accuracy(gm, x, y)
+    if ft is not None:  # the reference is the model fine-tuned with nothing more pruned (fine-tuning alone moves it)
+        saved0 = {k: v.clone() for k, v in gm.state_dict().items()}
+        first = next(iter(ir.weights.values()), None)
+        if first is not None:
+            _finetune(ir, first.name, torch.ones_like(ir.param(first.name), dtype=torch.bool), ft,
+                      finetune_batch, finetune_lr, seed)
+            baseline = _accuracy(gm, x, y)
+            gm.load_state_dict(saved0)
     layers: dict[str, LayerCurve] = {}
     try:
         for w in ir.weights.values():
             p = ir.param(w.name)
             orig = p.detach().clone()
+            saved = {k: v.clone() for k, v in gm.state_dict().items()}
             curve = LayerCurve(w.name, w.kind, orig.numel())
             try:
                 for s in settings["sparsities"]:
                     mask = prune_weight(orig, w.mask, sparsity=s)
                     pruned = orig * mask
+                    if ft is not None:
+                        gm.load_state_dict(saved)
+                        _finetune(ir, w.name, mask, ft, finetune_batch, finetune_lr, seed)
+                        pruned = p.detach().clone()
                     for b in [None] + settings["bits"]:
                         if b is None:
                             value, idx, k = pruned, None, None
@@ -284,8 +332,7 @@ def analyze(ir: IR, data: Any, *, sparsities: Sequence[float] = SPARSITIES, bits
                             p.copy_(value)
                         curve.points.append(Point(s, b, _accuracy(gm, x, y), estimate_bytes(mask, idx, k)))
             finally:
-                with torch.no_grad():
-                    p.copy_(orig)
+                gm.load_state_dict(saved)
             layers[w.name] = curve
     finally:
         gm.train(was)
