@@ -142,14 +142,12 @@ class Sensitivity:
         """Draw accuracy vs sparsity and vs bits (one line per layer) to ``path`` (PNG/PDF by suffix).
         Needs matplotlib (imported here only). Raises ``ImportError`` saying how to install it."""
         try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
+            from matplotlib.figure import Figure  # object-oriented API: no pyplot global state
         except ImportError as e:
             raise ImportError("Sensitivity.plot needs matplotlib: pip install matplotlib") from e
         s_grid, b_grid = self.settings["sparsities"], self.settings["bits"]
-        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        a1, a2 = fig.subplots(1, 2)
         for c in self.layers.values():
             a1.plot(s_grid, [100 * c.accuracy(s, None) for s in s_grid], marker="o", label=c.name)
             a2.plot(b_grid, [100 * c.accuracy(min(s_grid), b) for b in b_grid], marker="o", label=c.name)
@@ -162,7 +160,6 @@ class Sensitivity:
         fig.tight_layout()
         path = Path(path)
         fig.savefig(path)
-        plt.close(fig)
         return path
 
 
