@@ -133,7 +133,7 @@ def main() -> None:
     else:
         rows = []
         train, test = get_dataset("fashion-mnist", "train"), get_dataset("fashion-mnist", "test")
-        pipes = [(p, p) for p in a.pipelines.split(",")] + ([DISTILL] if a.distill else [])
+        pipes = [(p, p) for p in a.pipelines.split(",") if p] + ([DISTILL] if a.distill else [])
         if a.auto_options:
             auto = f"allocate{{budget=0.5,{a.auto_options}}},huffman{{index_bits=auto}}"
             pipes = [(label, auto if label == "deep-compression-auto" else text) for label, text in pipes]
