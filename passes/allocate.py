@@ -276,6 +276,7 @@ class Allocate(Pass):
         ctx.record(budget=self.budget, budget_met=bool(met), dense_val_accuracy=dense_val,
                    dense_test_accuracy=dense_test, val_examples=len(val_part), attempts=runs,
                    chosen=runs.index(best_rec), choices=best_rec["choices"], sensitivity_seconds=t_sens,
-                   sensitivity_from_cache=sens.from_cache, sensitivity_table=sens.table())
+                   sensitivity_from_cache=sens.from_cache, sensitivity_table=sens.table(),
+                   sensitivity=sens.to_dict())
         best.gm.eval()
         return PassResult(best, True)
