@@ -286,6 +286,10 @@ def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> Non
             acc = f"  acc {100 * rec['eval_accuracy']:.2f}%" if "eval_accuracy" in rec else ""
             print(f"  {key:<16} {nbytes:>9} B {ratio:>7.1f}x {secs:>7.1f} s{acc}")
         print()
+        for key in (k for k in r["records"] if k.startswith("allocate#")):
+            from .passes.allocate import format_allocation
+
+            print(f"{key}:\n{format_allocation(r['records'][key])}\n")
     same = "not measured (no --data)"
     if r.get("dense_accuracy") is not None:
         same = "identical" if r["reloaded_accuracy"] == r["compressed_accuracy"] else "DIFFERENT"
