@@ -36,6 +36,8 @@ def type_text(tp: Any) -> str:
         return " | ".join(type_text(t) for t in typing.get_args(tp))
     if tp is type(None):
         return "None"
+    if tp is Ellipsis:
+        return "..."
     if origin is not None:
         args = ", ".join(type_text(t) for t in typing.get_args(tp))
         return f"{getattr(origin, '__name__', str(origin))}[{args}]"

@@ -147,6 +147,26 @@ class Allocate(Pass):
     :func:`holdout_split`'s training indices); a dense model trained on all the data knows those examples, so the
     check is stricter than the test accuracy would be. Records: the plan and the validation and (with eval data)
     test accuracies of every attempt, the sensitivity table, and the chosen attempt.
+
+    Options:
+
+    - ``budget``: the allowed top-1 loss, in points, checked on the validation part.
+    - ``val_fraction``: fraction of the training data held out to check the budget.
+    - ``tolerance``: summed per-layer sensitivity drop (points) the plan may spend (default: ``recovery x budget``).
+    - ``recovery``: how many points of one-shot drop retraining is expected to recover per point of budget.
+    - ``attempts``: runs of the whole schedule, each re-planned from the previous run's measured drop.
+    - ``sparsities``: the sparsity grid of the sensitivity analysis.
+    - ``bits``: the bits-per-weight grid of the sensitivity analysis.
+    - ``sensitivity_samples``: training examples the sensitivity analysis evaluates on.
+    - ``finetune_batches``: training batches of fine-tuning after pruning a layer (0: one-shot).
+    - ``steps``: AGP pruning steps.
+    - ``prune_epochs``: retraining epochs after each pruning step.
+    - ``epochs``: retraining epochs after pruning.
+    - ``cluster_epochs``: centroid fine-tuning epochs after clustering (at lr / 5).
+    - ``lr``: learning rate of the retraining.
+    - ``init``: k-means initialization of the cluster pass.
+    - ``empty``: what the cluster pass does with empty clusters (``drop`` or ``reseed``).
+    - ``distill``: distillation weight alpha passed to both retrains (0: plain cross-entropy).
     """
 
     name = "allocate"
