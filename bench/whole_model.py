@@ -11,11 +11,7 @@ the median of the per-round ratios, plus the artifact's constant bytes against t
 
 The ``mobilenet_v2-c*`` settings are what a user would deploy without retraining: fold BatchNorm, cluster every
 layer (no pruning) to 4, 6 or 8 bits, Huffman-code. ``...pc``: per-channel codebooks (one ``k``-entry codebook
-per output channel, the ``(G, k)`` convention). The ``cluster`` pass on this branch has no per-channel option, so
-the bench builds the 2-D codebooks itself by 1-D k-means per output channel (``dccomp.kmeans.kmeans_1d``,
-linear init) on the BN-folded weights, pads each row's unused entries with its largest centroid, then Huffman-codes
-the per-channel cluster indices; the ``.dcc`` bytes are then those of the coded streams + float32 codebooks +
-the dense parameters (what the file holds), computed without writing the file.
+per output channel, ``cluster{granularity=channel}``, float16 centroids).
 """
 from __future__ import annotations
 
@@ -32,7 +28,6 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import dccomp  # noqa: E402
@@ -50,55 +45,18 @@ MODELS = {
     "mobilenet_v2-c4": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn,cluster{bits=4},huffman"),
     "mobilenet_v2-c6": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn,cluster{bits=6},huffman"),
     "mobilenet_v2-c8": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn,cluster{bits=8},huffman"),
-    "mobilenet_v2-c4pc": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn|per-channel-kmeans{bits=4}|huffman"),
-    "mobilenet_v2-c6pc": ("mobilenet_v2", (1, 3, 224, 224), "fold-bn|per-channel-kmeans{bits=6}|huffman"),
+    "mobilenet_v2-c4pc": ("mobilenet_v2", (1, 3, 224, 224),
+                          "fold-bn,cluster{bits=4,granularity=channel},huffman{codebook_dtype=float16}"),
+    "mobilenet_v2-c6pc": ("mobilenet_v2", (1, 3, 224, 224),
+                          "fold-bn,cluster{bits=6,granularity=channel},huffman{codebook_dtype=float16}"),
 }
 
 
-def _per_channel(comp, bits: int) -> None:
-    """Replace every weight's codebook by per-output-channel codebooks ``(oc, 2**bits)`` (1-D k-means per row,
-    linear init; unused entries padded with the row's largest centroid) and write the decoded values into the
-    model's parameters."""
-    from dccomp.kmeans import kmeans_1d
-
-    ir = comp.ir
-    for w in ir.weights.values():
-        p = ir.param(w.name)
-        rows = p.detach().reshape(p.shape[0], -1).numpy().astype(np.float32)
-        k = 1 << bits
-        cb = np.zeros((rows.shape[0], k), np.float32)
-        idx = np.zeros(rows.shape, np.int64)
-        for r, vals in enumerate(rows):
-            cents, lab = kmeans_1d(vals, k)
-            order = np.argsort(cents)
-            rank = np.empty_like(order)
-            rank[order] = np.arange(order.size)
-            cb[r, :cents.size] = cents[order]
-            cb[r, cents.size:] = cents[order][-1]
-            idx[r] = rank[lab]
-        w.codebook = torch.from_numpy(cb)
-        w.indices = torch.from_numpy(idx.reshape(p.shape))
-        w.bits = bits
-        w.mask = None
-        with torch.no_grad():
-            p.copy_(torch.from_numpy(cb[np.arange(rows.shape[0])[:, None], idx].reshape(p.shape)))
-
-
 def _compress(model, pipeline: str, x):
-    """``(compiled model, .dcc bytes)``; ``a|per-channel-kmeans{bits=b}|c`` runs ``a``, per-channel k-means,
-    then ``c`` (see the module docstring)."""
-    if "|" not in pipeline:
-        comp = dccomp.compile(model, pipeline, example_inputs=x)
-        with tempfile.TemporaryDirectory() as d:
-            return comp, comp.save(pathlib.Path(d) / "m.dcc")
-    pre, pc, post = pipeline.split("|")
-    comp = dccomp.compile(model, pre, example_inputs=x)
-    _per_channel(comp, int(pc.split("bits=")[1].rstrip("}")))
-    comp = dccomp.compile(comp.ir, post, example_inputs=x)  # the IR: its parameters already hold the new values
-    coded = sum(w.coded.nbytes + 4 * w.codebook.numel() for w in comp.ir.weights.values())
-    weights = set(comp.ir.weights)
-    dense = sum(p.numel() * 4 for n, p in comp.ir.gm.named_parameters() if n not in weights)
-    return comp, coded + dense
+    """``(compiled model, .dcc bytes)``."""
+    comp = dccomp.compile(model, pipeline, example_inputs=x)
+    with tempfile.TemporaryDirectory() as d:
+        return comp, comp.save(pathlib.Path(d) / "m.dcc")
 
 
 def _build(spec):
