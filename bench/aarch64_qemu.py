@@ -61,7 +61,7 @@ def _mobilenet_v2() -> nn.Module:
     return _with_bn_stats(zoo.MobileNetV2(num_classes=10, width_mult=0.5))
 
 
-#: name -> (model builder, example input builder, pipeline)
+#: name -> (model builder, example input builder, pipeline[, TVM backend options])
 MODELS = {
     "lenet-300-100": (LeNet300100, lambda: torch.randn(1, 1, 28, 28), "prune{sparsity=0.92},cluster{bits=5},huffman"),
     "lenet-5": (LeNet5, lambda: torch.randn(1, 1, 28, 28), "prune{sparsity=0.9},cluster{bits=5},huffman"),
@@ -71,6 +71,11 @@ MODELS = {
                     lambda: torch.randint(0, 100, (2, 12)), "prune{sparsity=0.7},cluster{bits=5},huffman"),
     "recurrent": (lambda: Recurrent().eval(), lambda: torch.randint(0, 50, (2, 7)),
                   "prune{sparsity=0.6},cluster{bits=5},huffman"),
+    # clustered only, smallest layouts: the dense cluster-index (code) kernels, per-tensor and per-channel
+    "mobilenet_v2-code4": (_mobilenet_v2, lambda: torch.randn(1, 3, 64, 64), "fold-bn,cluster{bits=4},huffman",
+                           {"weights": "small"}),
+    "mobilenet_v2-code5pc": (_mobilenet_v2, lambda: torch.randn(1, 3, 64, 64),
+                             "fold-bn,cluster{bits=5,granularity=channel},huffman", {"weights": "small"}),
 }
 
 
@@ -78,17 +83,19 @@ def export_all(out: pathlib.Path, names: list[str]) -> dict:
     """Compress and export each model for arm_cpu into ``out``; returns per-model metadata."""
     info = {}
     for name in names:
-        make, example, pipeline = MODELS[name]
+        make, example, pipeline, *opts = MODELS[name]
         torch.manual_seed(0)
         model = make().eval()
         x = example()
         comp = dccomp.compile(model, pipeline, example_inputs=(x,))
         with torch.no_grad():
             y = comp(x)
-        so, meta = TVMBackend().export(comp.ir, out, target="arm_cpu", example_inputs=(x,), name=name)
+        so, meta = TVMBackend().export(comp.ir, out, target="arm_cpu", example_inputs=(x,), name=name,
+                                       **(opts[0] if opts else {}))
         np.savez(out / f"{name}.npz", x0=x.numpy(), y=y.numpy())
         layers = json.loads(meta.read_text())["layers"]
-        info[name] = {"pipeline": pipeline, "input_shape": list(x.shape), "so_bytes": so.stat().st_size,
+        info[name] = {"pipeline": pipeline, "options": opts[0] if opts else {}, "input_shape": list(x.shape),
+                      "so_bytes": so.stat().st_size,
                       "kernels": sorted({layer["kernel"] for layer in layers})}
     return info
 

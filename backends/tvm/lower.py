@@ -146,6 +146,8 @@ def lower_ir(ir, specs: Sequence[InputSpec], target="llvm", example_inputs=None,
     tgt = resolve_target(target)
     with warnings.catch_warnings():  # a deprecation inside torch.export's pytree code, not the user's concern
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        # RNN modules re-assign their _flat_weights during export (harmless; dccomp.capture hides it too)
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*were assigned during export")
         return _lower(ir, specs, tgt, example_inputs, options)
 
 
