@@ -296,6 +296,46 @@ def sparse_conv2d_chunk(g: ConvGeom, nnz: int, k: int, col_dtype: str, code_dtyp
     return kernel
 
 
+def tile_store_macros(g: ConvGeom, relu: bool | str, ob: int):
+    """``(store, flush)`` TVMScript macros of the ``ob x chunk`` register-tile kernels (dense and dense-code
+    conv): ``store(yf, out, acc, b, o0, q)`` writes chunk ``q`` of output channels ``o0 .. o0+ob-1`` of image
+    ``b`` with the activation (straight into ``y``'s flat view ``yf`` when the workspace rows have no padding
+    columns, else into the task-local ``out`` rows); ``flush(y, out, b, o0)`` then copies ``out`` into ``y``
+    without the padding columns (a no-op in the direct case)."""
+    from tvm.script import tirx as T
+
+    oc, oh, ow, wq, ch = g.oc, g.oh, g.ow, g.wq, g.chunk
+    direct = wq == ow
+    ohw = oh * ow
+    nfull = ohw // ch
+
+    @T.macro
+    def store(yf, out, acc, b, o0, q):
+        if direct:
+            if q < nfull:
+                for u in T.unroll(ob):
+                    for v in T.vectorized(ch):
+                        yf[(b * oc + o0 + u) * ohw + q * ch + v] = _act(acc[u, v], relu)
+            else:
+                for u in T.serial(ob):
+                    for v in T.serial(ohw - nfull * ch):
+                        yf[(b * oc + o0 + u) * ohw + nfull * ch + v] = _act(acc[u, v], relu)
+        else:
+            for u in T.unroll(ob):
+                for v in T.vectorized(ch):
+                    out[u, q * ch + v] = acc[u, v]
+
+    @T.macro
+    def flush(y, out, b, o0):
+        if not direct:
+            for u in T.serial(ob):
+                for oy in T.serial(oh):
+                    for ox in T.serial(ow):
+                        y[b, o0 + u, oy, ox] = _act(out[u, oy * wq + ox], relu)
+
+    return store, flush
+
+
 def dense_conv2d_cpu(g: ConvGeom, relu: bool, name: str, ob: int):
     """Dense direct convolution ``name(x, weight, bias, y)`` over the same workspace: parallel over (image,
     block of ``ob`` output channels of one group, ``ob`` dividing ``oc/groups``); per ``g.chunk``-float chunk
@@ -308,11 +348,9 @@ def dense_conv2d_cpu(g: ConvGeom, relu: bool, name: str, ob: int):
     ch, nch = g.chunk, g.nch
     ws = g.ws_size
     fill = fill_workspace_macro(g)
+    store, flush = tile_store_macros(g, relu, ob)
     nob = oc // ob
-    direct = wq == ow
-    ohw = oh * ow
-    nfull = ohw // ch
-    nout = 1 if direct else nch * ch
+    nout = 1 if wq == ow else nch * ch
 
     @T.prim_func
     def kernel(x: T.Buffer((n, c, h, w), "float32"), weight: T.Buffer((oc, icg, kh, kw), "float32"),
@@ -339,23 +377,7 @@ def dense_conv2d_cpu(g: ConvGeom, relu: bool, name: str, ob: int):
                             for u in T.unroll(ob):
                                 for v in T.vectorized(ch):
                                     acc[u, v] = acc[u, v] + weight[o0 + u, ic, r, s] * xs[base + v]
-                if direct:
-                    if q < nfull:
-                        for u in T.unroll(ob):
-                            for v in T.vectorized(ch):
-                                yf[(b * oc + o0 + u) * ohw + q * ch + v] = _act(acc[u, v], relu)
-                    else:
-                        for u in T.serial(ob):
-                            for v in T.serial(ohw - nfull * ch):
-                                yf[(b * oc + o0 + u) * ohw + nfull * ch + v] = _act(acc[u, v], relu)
-                else:
-                    for u in T.unroll(ob):
-                        for v in T.vectorized(ch):
-                            out[u, q * ch + v] = acc[u, v]
-            if not direct:
-                for u in T.serial(ob):
-                    for oy in T.serial(oh):
-                        for ox in T.serial(ow):
-                            y[b, o0 + u, oy, ox] = _act(out[u, oy * wq + ox], relu)
+                store(yf, out, acc, b, o0, q)
+            flush(y, out, b, o0)
 
     return kernel

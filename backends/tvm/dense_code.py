@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .conv_cpu import fill_workspace_macro
+from .conv_cpu import fill_workspace_macro, tile_store_macros
 from .conv_geom import ConvGeom
 from .kernels import _act
 
@@ -221,11 +221,9 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
     ch, nch = g.chunk, g.nch
     ws = g.ws_size
     fill = fill_workspace_macro(g)
+    store, flush = tile_store_macros(g, relu, ob)
     nob = oc // ob
-    direct = wq == ow
-    ohw = oh * ow
-    nfull = ohw // ch
-    nout = 1 if direct else nch * ch
+    nout = 1 if wq == ow else nch * ch
     ncode = _ncodes(oc, kk, bits)
     ncb = cb_groups * k
     decode = _decode_macro(bits, k, oc // cb_groups)
@@ -315,24 +313,8 @@ def dense_code_conv2d_cpu(g: ConvGeom, relu: bool | str, name: str, ob: int, k: 
                                                                           wl[tt])))
                                 for v in T.vectorized(ch):
                                     acc[u, v] = acc[u, v] + wt * xs[base + v]
-                if direct:
-                    if q < nfull:
-                        for u in T.unroll(ob):
-                            for v in T.vectorized(ch):
-                                yf[(b * oc + o0 + u) * ohw + q * ch + v] = _act(acc[u, v], relu)
-                    else:
-                        for u in T.serial(ob):
-                            for v in T.serial(ohw - nfull * ch):
-                                yf[(b * oc + o0 + u) * ohw + nfull * ch + v] = _act(acc[u, v], relu)
-                else:
-                    for u in T.unroll(ob):
-                        for v in T.vectorized(ch):
-                            out[u, q * ch + v] = acc[u, v]
-            if not direct:
-                for u in T.serial(ob):
-                    for oy in T.serial(oh):
-                        for ox in T.serial(ow):
-                            y[b, o0 + u, oy, ox] = _act(out[u, oy * wq + ox], relu)
+                store(yf, out, acc, b, o0, q)
+            flush(y, out, b, o0)
 
     return kernel
 
