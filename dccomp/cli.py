@@ -500,6 +500,11 @@ def cmd_build(a: argparse.Namespace) -> None:
                       f"{a.data or 'fashion-mnist'} images; pass --input-shape for other inputs")
     ex = torch.zeros(a.batch, *shape)
     compiled = load_compiled(a.file, model, example_inputs=ex)  # the file's masks, codebooks and coded streams
+    base = getattr(compiled.ir, "name", None) or "model"
+    old = [str(Path(a.out) / f"{base}{ext}") for ext in (".so", ".json") if (Path(a.out) / f"{base}{ext}").exists()]
+    if old and not a.force:
+        _fail(f"--out {a.out!r} already holds an artifact ({', '.join(old)}); give another folder or --force to "
+              "replace it")
     files = get_backend("tvm")().export(compiled.ir, a.out, target=a.target, example_inputs=ex)
     for p in files:
         print(p)
@@ -620,6 +625,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", required=True)
     b.add_argument("--target", default="llvm", help="llvm, arm_cpu, cuda, mali")
     b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--force", action="store_true", help="replace an artifact of the same model already in --out")
     b.add_argument("--batch", type=_positive, default=1)
     data_args(b)
     b.add_argument("--input-shape", type=_shape, help="per-example input shape, e.g. 3,32,32 (default: the "

@@ -228,6 +228,11 @@ def test_cli_build_writes_aarch64_artifact(tmp_path):
     assert head[:4] == b"\x7fELF" and int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
     info = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
     assert info["layers"] and all(layer["kernel"] == "sparse_linear" for layer in info["layers"])
+    before = so.read_bytes()  # a second build into the same folder needs --force (found by a new user)
+    with pytest.raises(SystemExit) as e:
+        main(["build", str(tmp_path / "m.dcc"), "--model", "lenet-300-100", "--target", "llvm", "--out",
+              str(tmp_path / "out")])
+    assert e.value.code == 2 and so.read_bytes() == before
 
 
 def test_bad_inputs_and_options_are_clear_errors():
