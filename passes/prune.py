@@ -71,8 +71,8 @@ class Prune(Pass):
     - ``exclude``: regex (matched like ``layers``) of weights left untouched.
     - ``scope``: ``layer`` (each layer pruned to the target) or ``global`` (one magnitude threshold for all
       selected layers).
-    - ``steps``: number of pruning steps; more than 1 with ``epochs`` > 0 prunes iteratively, retraining between
-      steps (NIPS'15 §3.3), and needs training data.
+    - ``steps``: number of pruning steps; with ``epochs`` > 0 each step is followed by retraining (iterative
+      pruning, NIPS'15 §3.3), which needs training data.
     - ``schedule``: sparsity target of each step: ``linear`` or ``agp`` (cubic gradual pruning).
     - ``epochs``: retraining epochs after each step (0: no retraining).
     - ``lr``: learning rate of that retraining.
@@ -122,8 +122,8 @@ class Prune(Pass):
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
 
     def needs_training_data(self) -> bool:
-        """Iterative pruning retrains between steps (``steps > 1`` and ``epochs > 0``); one-shot pruning does not."""
-        return self.steps > 1 and self.epochs > 0
+        """Pruning retrains after each step when ``epochs > 0``; without retraining it needs no data."""
+        return self.epochs > 0
 
     def check(self, ir: IR) -> str | None:
         problem = selector_problem(ir, self.layers, self.exclude)
@@ -181,18 +181,18 @@ class Prune(Pass):
         w.mask = mask
 
     def run(self, ir: IR, ctx: PassContext) -> PassResult:
-        if self.steps == 1:
-            self._prune_once(ir, 1.0)
-        else:
-            from .retrain import Retrain
+        from .retrain import Retrain
 
+        if self.steps == 1:
+            fracs = [1.0]
+        else:
             fracs = (agp_schedule(0.0, 1.0, self.steps) if self.schedule == "agp"
                      else [(t + 1) / self.steps for t in range(self.steps)])
-            for t, frac in enumerate(fracs):
-                self._prune_once(ir, frac if self.quality is None else 1.0)
-                if self.epochs > 0:
-                    Retrain(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
-                            weight_decay=self.weight_decay).run(ir, ctx)
+        for frac in fracs:
+            self._prune_once(ir, frac if self.quality is None else 1.0)
+            if self.epochs > 0:  # retrain after every step, the last (or only) one included
+                Retrain(epochs=self.epochs, lr=self.lr, optimizer=self.optimizer,
+                        weight_decay=self.weight_decay).run(ir, ctx)
         kept = {w.name: (float(w.mask.float().mean()) if w.mask is not None else 1.0) for w in ir.weights.values()}
         ctx.record(density=kept)
         return PassResult(ir, True)

@@ -240,3 +240,20 @@ def test_kind_rules_may_match_nothing():
     c = dccomp.compile(LeNet300100(), 'prune{sparsity=0.5},cluster{bits=3,layers={"conv.*":8}}')
     assert {w.kind for w in c.ir.weights.values()} == {"linear"}
     assert all(w.bits <= 3 for w in c.ir.weights.values())
+
+
+def test_one_step_prune_with_epochs_retrains():
+    """Found by a new user: prune{epochs=N} with the default steps=1 pruned one-shot and ignored epochs."""
+    import dccomp
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    x, y = torch.randn(256, 10), torch.randint(0, 3, (256,))
+    one_shot = dccomp.compile(m, "prune{sparsity=0.7}")
+    retrained = dccomp.compile(m, "prune{sparsity=0.7,epochs=2,lr=0.05}", train_data=(x, y))
+    for w in retrained.ir:
+        assert torch.equal(w.mask, one_shot.ir.weights[w.name].mask)  # same magnitude mask, then trained
+        assert not torch.equal(retrained.ir.param(w.name), one_shot.ir.param(w.name))
+        assert torch.count_nonzero(retrained.ir.param(w.name)[~w.mask]) == 0
+    with pytest.raises(dccomp.PassError, match="training data"):
+        dccomp.compile(m, "prune{sparsity=0.7,epochs=1}")
