@@ -142,6 +142,9 @@ class Cluster(Pass):
         if not isinstance(self.group_size, int) or isinstance(self.group_size, bool) or self.group_size < 1:
             raise ValueError(f"group_size must be an integer >= 1 (dim-0 slices per codebook), got "
                              f"{self.group_size!r}")
+        if self.group_size != 1 and "channel" not in [self.granularity, *self.granularity_layers.values()]:
+            raise ValueError(f"group_size={self.group_size} applies to per-channel codebooks only: add "
+                             "granularity=channel (or granularity_layers={regex: channel})")
         for b in ([self.bits] if self.bits is not None else []) + list(self.layers.values()):
             if not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16:
                 raise ValueError(f"bits must be an integer in [1, 16], got {b!r}")

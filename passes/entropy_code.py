@@ -53,6 +53,9 @@ class EntropyCode(Pass):
         validate_selectors(self.layers)
         if self.coder not in ALL_CODERS:
             raise ValueError(f"coder must be one of {', '.join(ALL_CODERS)}, got {self.coder!r}")
+        if self.name != "entropy-code" and self.coder != self.name:  # the huffman / ans shorthands
+            raise ValueError(f"{self.name} codes with {self.name}; for coder={self.coder} write "
+                             f"entropy-code{{coder={self.coder}}} (or {self.coder} if it has a shorthand)")
         for b in ([self.index_bits] if self.index_bits is not None else []) + list(self.layers.values()):
             if b != "auto" and (not isinstance(b, int) or isinstance(b, bool) or not 1 <= b <= 16):
                 raise ValueError(f"index_bits must be an integer in [1, 16] or 'auto', got {b!r}")

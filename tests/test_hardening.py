@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import socket
 import stat
 import sys
@@ -419,3 +420,16 @@ def test_nan_weight_is_named_by_cluster():
         m[0].weight[0, 0] = float("nan")
     with pytest.raises(dccomp.PassError, match=r"'0.weight' holds NaN"):
         dccomp.compile(m, "cluster{bits=2}", example_inputs=torch.randn(1, 4))
+
+
+@pytest.mark.parametrize("text, msg", [
+    ("cluster{bits=4,group_size=2}", "group_size=2 applies to per-channel codebooks only"),
+    ("ans{coder=huffman}", "ans codes with ans"),
+    ("huffman{coder=ans}", "huffman codes with huffman"),
+])
+def test_contradicting_options_are_refused(text, msg):
+    """Found by a new user: these were silently ignored (per-tensor codebooks; the other coder)."""
+    from dccomp.pipeline import parse_pipeline
+
+    with pytest.raises(Exception, match=re.escape(msg)):
+        parse_pipeline(text)
