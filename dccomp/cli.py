@@ -428,6 +428,9 @@ def _apply_recipe(a: argparse.Namespace) -> Any:
     if not a.input_shape:
         a.data = a.data or t.data
         a.input_shape = None if a.data else (tuple(t.input_shape) if t.input_shape else None)
+    elif t.data and any(p.needs_training_data() for p in recipe.passes):
+        _fail(f"--input-shape replaces the recipe's data set ({t.data}), but its pipeline trains: drop "
+              "--input-shape to train on it (the data fixes the input shape), or give --data")
     a.data_root = a.data_root or t.data_root
     a.seed = t.seed if a.seed is None else a.seed
     a.verify = t.verify if a.verify is None else a.verify
