@@ -237,3 +237,12 @@ def test_option_meanings_come_from_the_docstring():
     docs = {o.name: (o.type, o.default, o.meaning) for o in describe_options(Toy)}
     assert docs == {"alpha": ("float", "0.5", "how much"), "beta": ("int", "2", "the other knob"),
                     "gamma": ("str", "x", ""), "delta": ("int", "1", "given in the field")}
+
+
+def test_input_shape_with_a_training_recipe_says_why(tmp_path, capsys):
+    """Found by a new user: --input-shape silently dropped the recipe's data, then retrain asked for data."""
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "deep-compression-lenet-300-100.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["compress", "--recipe", str(recipe), "--random-weights", "--input-shape", "1,28,28",
+              "--out", str(tmp_path / "x.dcc")])
+    assert e.value.code == 2 and "replaces the recipe's data set" in capsys.readouterr().err
