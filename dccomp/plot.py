@@ -100,9 +100,17 @@ def layer_data(path: str | os.PathLike | DccFile,
 
     Raises:
         FormatError: ``path`` (or ``dense``) is not a valid ``.dcc`` file. OSError: it cannot be read.
+        ValueError: ``dense`` holds no tensor of the same name and shape as any of the file's weights (the
+            baseline of another model).
     """
     f = path if isinstance(path, DccFile) else _open(path)
     base = _dense_weights(dense)
+    if dense is not None:
+        weights = {n: tuple(f.info(n)["shape"]) for n in f.names if f.info(n)["role"] == "weight"}
+        fits = [n for n, shape in weights.items() if n in base and tuple(base[n].shape) == shape]
+        if weights and not fits:
+            raise ValueError(f"the dense baseline has none of the file's weights with their shapes "
+                             f"({', '.join(list(weights)[:3])}...): give the dense file of the same model")
     out = []
     for name in f.names:
         e = f.info(name)

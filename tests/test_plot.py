@@ -129,3 +129,13 @@ def test_missing_matplotlib_says_how_to_install(files, tmp_path, monkeypatch, ca
         main(["plot", str(files[0]), "--out", str(tmp_path / "o")])
     assert e.value.code == 2 and "pip install 'dccomp[plot]'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_dense_baseline_of_another_model_is_refused(files, tmp_path, capsys):
+    """Found by a new user: --dense of another model was accepted and the baseline silently left out."""
+    path, _ = files
+    other = tmp_path / "other.dcc"
+    dccomp.compile(torch.nn.Sequential(torch.nn.Linear(4, 2)), "", example_inputs=torch.zeros(1, 4)).save(other)
+    with pytest.raises(SystemExit) as e:
+        main(["plot", str(path), "--out", str(tmp_path / "p"), "--dense", str(other)])
+    assert e.value.code == 2 and "none of the file's weights" in capsys.readouterr().err
