@@ -35,6 +35,11 @@ class Plan:
     feasible: bool
 
 
+#: slack (points of top-1) when comparing summed drops with the tolerance: drops come back from accuracies
+#: through float rounding (``100 * (baseline - accuracy)``), off by ~1e-8 points
+DROP_EPS = 1e-6
+
+
 def plan_allocation(sens: Sensitivity, tolerance: float) -> Plan:
     """The smallest allocation whose summed per-layer one-shot drop is at most ``tolerance`` points.
 
@@ -57,7 +62,7 @@ def plan_allocation(sens: Sensitivity, tolerance: float) -> Plan:
         if not options:
             raise ValueError(f"sensitivity of {curve.name!r} has no clustered point (bits grid is empty)")
         merged = [(d + od, c + oc, ch + (o,)) for d, c, ch in frontier for od, oc, o in options
-                  if d + od <= tolerance + 1e-9]
+                  if d + od <= tolerance + DROP_EPS]
         frontier = _pareto(merged)
         least = _pareto([(d + od, c + oc, ch + (o,)) for d, c, ch in least for od, oc, o in options])[:1]
     names = list(sens.layers)

@@ -17,7 +17,7 @@ from dccomp.errors import PassError
 from dccomp.format import file_nbytes
 from dccomp.pipeline import parse_pipeline, print_pipeline
 from dccomp.sensitivity import LayerCurve, Point, Sensitivity, analyze
-from dccomp.passes.allocate import Allocate, holdout_split, plan_allocation
+from dccomp.passes.allocate import DROP_EPS, Allocate, holdout_split, plan_allocation
 
 pytestmark = pytest.mark.usefixtures("always_verify", "one_thread")
 
@@ -100,10 +100,11 @@ def test_plan_is_the_exact_optimum_and_monotone(drops, t1, t2):
     lo, hi = sorted((t1, t2))
     p = plan_allocation(sens, lo)
     combos = [(sum(d for d, _ in c), sum(x for _, x in c)) for c in itertools.product(*drops)]
-    fits = [x for d, x in combos if d <= lo + 1e-9]
+    fits = [x for d, x in combos if d <= lo + DROP_EPS / 2]  # clearly within (drops round-trip accuracies)
+    near = [x for d, x in combos if d <= lo + 2 * DROP_EPS]
     if fits:
-        assert p.feasible and p.drop <= lo + 1e-9 and p.bytes == pytest.approx(min(fits))
-    else:
+        assert p.feasible and p.drop <= lo + DROP_EPS and min(near) - 1e-6 <= p.bytes <= min(fits) + 1e-6
+    elif not near:
         assert not p.feasible and p.drop == pytest.approx(min(d for d, _ in combos))
     assert plan_allocation(sens, hi).bytes <= p.bytes + 1e-6
 
