@@ -9,13 +9,23 @@
 """
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+from hypothesis import settings
 from torch import nn
 
 import dccomp
 from dccomp.ir import IR
 from dccomp.manager import PassManager
+
+
+# Property tests draw the same examples on every run (CI's result must not depend on chance);
+# HYPOTHESIS_PROFILE=explore draws new ones each run to search for more failures.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
 
 
 def check_ir_invariants(ir: IR) -> None:
