@@ -452,7 +452,8 @@ def cmd_inspect(a: argparse.Namespace) -> None:
         if e["role"] == "weight":
             m = e["meta"]
             cshape = e.get("codebook", {}).get("shape", ["-"])
-            k = f"{cshape[1]}x{cshape[0]}" if isinstance(cshape, list) and len(cshape) == 2 else cshape[0]
+            k = (f"{cshape[1]} codebooks={cshape[0]}" if isinstance(cshape, list) and len(cshape) == 2
+                 else cshape[0])
             shape = ",".join(map(str, e["shape"]))
             nbytes = sum(sizes[f"{name}/{s}"] for s in e["streams"])
             print(f"  {name} {e['kind']} f32[{shape}] density={m['nnz'] / max(m['n'], 1):.4f} k={k} "

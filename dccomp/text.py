@@ -33,12 +33,12 @@ def _ty(dtype: torch.dtype, shape) -> str:
 
 def weight_summary(ir: IR, w: Weight) -> str:
     """``name kind f32[shape] state density=0.1234 k=32 bits=5 coded=1234B`` for one weight; a per-channel
-    codebook ``(G, k)`` shows as ``k=16x1280`` (k entries in each of G codebooks)."""
+    codebook ``(G, k)`` shows as ``k=16 codebooks=1280`` (k entries in each of G codebooks)."""
     p = ir.param(w.name)
     n = p.numel()
     kept = int(w.mask.sum()) if w.mask is not None else n
     density = kept / n if n else 1.0
-    k = "-" if w.k is None else str(w.k) if w.codebook.dim() == 1 else f"{w.k}x{w.codebook.shape[0]}"
+    k = "-" if w.k is None else str(w.k) if w.codebook.dim() == 1 else f"{w.k} codebooks={w.codebook.shape[0]}"
     bits = "-" if w.bits is None else str(w.bits)
     coded = "-" if w.coded is None else f"{w.coded.nbytes}B({w.coded.coder})"
     tied = f" tied={len(w.users)}" if len(w.users) > 1 else ""

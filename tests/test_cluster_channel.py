@@ -98,7 +98,7 @@ def test_granularity_layers_override():
     assert c.ir.weights["0.weight"].codebook.shape == (8, 8)
     assert c.ir.weights["2.weight"].codebook.dim() == 1
     text = str(c.ir)
-    assert "0.weight conv2d f32[8,3,3,3] clustered density=1.0000 k=8x8 bits=3" in text
+    assert "0.weight conv2d f32[8,3,3,3] clustered density=1.0000 k=8 codebooks=8 bits=3" in text
     assert "2.weight conv2d.depthwise f32[8,1,3,3] clustered density=1.0000 k=8 bits=3" in text
     from dccomp.pipeline import parse_pipeline, print_pipeline
 
@@ -241,7 +241,7 @@ def test_sync_and_inspect(tmp_path, capsys):
     c.save(path)  # the live model equals the IR: nothing to refuse
     main(["inspect", str(path)])
     w = c.ir.weights["0.weight"]
-    assert f"k={w.k}x{w.codebook.shape[0]}" in capsys.readouterr().out
+    assert f"k={w.k} codebooks={w.codebook.shape[0]}" in capsys.readouterr().out
     with torch.no_grad():
         live = dict(c.named_parameters())
         key = next(k for k in live if k.endswith("0.weight"))
