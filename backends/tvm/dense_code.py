@@ -32,7 +32,7 @@ import numpy as np
 
 from .conv_cpu import fill_workspace_macro, tile_store_macros
 from .conv_geom import ConvGeom
-from .kernels import _act
+from .kernels import CodebookShape, _act
 
 __all__ = ["DenseCodes", "dense_code_conv2d_cpu", "dense_code_linear_cpu", "dense_code_conv2d_func",
            "dense_code_linear_func", "decode_codebook"]
@@ -54,21 +54,13 @@ def decode_codebook(codebook: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 
 @dataclass
-class DenseCodes:
+class DenseCodes(CodebookShape):
     """A ``rows x cols`` weight matrix in the dense-code layout (see the module docstring)."""
 
     codes: np.ndarray     # uint8 (ceil(rows * cols * bits / 8),)
     codebook: np.ndarray  # float32 (G, kc)
     bits: int             # 1..8
     shape: tuple[int, int]
-
-    @property
-    def groups(self) -> int:
-        return int(self.codebook.shape[0])
-
-    @property
-    def k(self) -> int:
-        return int(self.codebook.shape[1])
 
     @property
     def nbytes(self) -> int:

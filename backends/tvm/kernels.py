@@ -58,8 +58,24 @@ def use_dense(density: float, numel: int = 0) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # Compressed arrays
 # ---------------------------------------------------------------------------------------------------------
+class CodebookShape:
+    """``k`` and ``groups`` of a layout's ``codebook`` attribute: float32 ``(k,)`` or per-channel ``(G, k)``."""
+
+    codebook: np.ndarray
+
+    @property
+    def k(self) -> int:
+        """Entries per codebook."""
+        return int(self.codebook.shape[-1])
+
+    @property
+    def groups(self) -> int:
+        """Number of codebooks G (1 for a ``(k,)`` codebook)."""
+        return 1 if self.codebook.ndim == 1 else int(self.codebook.shape[0])
+
+
 @dataclass
-class CSRCodebook:
+class CSRCodebook(CodebookShape):
     """A weight matrix in CSR + codebook form (see the module docstring)."""
 
     rowptr: np.ndarray   # int32 (n_out + 1,)
@@ -71,15 +87,6 @@ class CSRCodebook:
     @property
     def nnz(self) -> int:
         return int(self.rowptr[-1])
-
-    @property
-    def k(self) -> int:
-        return int(self.codebook.shape[-1])
-
-    @property
-    def groups(self) -> int:
-        """Number of codebooks G (1 for a ``(k,)`` codebook)."""
-        return 1 if self.codebook.ndim == 1 else int(self.codebook.shape[0])
 
     @property
     def density(self) -> float:

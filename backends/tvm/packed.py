@@ -20,13 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import CSRCodebook
+from .kernels import CodebookShape, CSRCodebook
 
 __all__ = ["PackedCSR", "choose_layout"]
 
 
 @dataclass
-class PackedCSR:
+class PackedCSR(CodebookShape):
     """A CSR + codebook matrix in the packed relative-index layout (see the module docstring)."""
 
     rowptr: np.ndarray    # int32 (n_rows + 1,)
@@ -42,15 +42,6 @@ class PackedCSR:
     @property
     def n_entries(self) -> int:
         return int(self.rowptr[-1])
-
-    @property
-    def k(self) -> int:
-        return int(self.codebook.shape[-1])
-
-    @property
-    def groups(self) -> int:
-        """Number of codebooks G (1 for a ``(k,)`` codebook)."""
-        return 1 if self.codebook.ndim == 1 else int(self.codebook.shape[0])
 
     @property
     def nbytes(self) -> int:
