@@ -35,12 +35,10 @@ _VERSION = 1  # bump when the measurement changes, so old cache entries are not 
 def entropy_bits(symbols: np.ndarray) -> float:
     """Total Shannon information of a symbol stream in bits, ``n * H`` with H from the stream's own counts
     (the size an ideal entropy coder reaches, excluding its table). ``symbols``: 1-D non-negative ints."""
-    if symbols.size == 0:
-        return 0.0
-    counts = np.bincount(symbols.astype(np.int64))
-    counts = counts[counts > 0].astype(np.float64)
-    p = counts / counts.sum()
-    return float(-(counts * np.log2(p)).sum())
+    from .coding import entropy_bits as bound
+
+    symbols = np.asarray(symbols, dtype=np.int64)
+    return bound(symbols, int(symbols.max()) + 1) if symbols.size else 0.0
 
 
 def estimate_bytes(mask: torch.Tensor, indices: torch.Tensor | None, k: int | None) -> float:
