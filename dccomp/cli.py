@@ -261,13 +261,9 @@ def _print_json(obj: Any, path: str | None) -> None:
     if path in (None, "-"):
         print(text)
         return
-    p = Path(path)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
+    from .container import write_atomic
+
+    write_atomic(path, [(text + "\n").encode()])
 
 
 def _summary(r: dict[str, Any], json_path: str | None, dense_source: str) -> None:

@@ -35,7 +35,7 @@ import secrets
 import stat
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, Iterator, NamedTuple, Union
 
 import numpy as np
@@ -258,13 +258,26 @@ def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], secti
         OSError: the file system failed (permissions, disk full, ...).
     """
     plan = _plan(meta, sections, compress_manifest)  # validate before touching the disk
+    write_atomic(path, _chunks(plan))
+    return plan.total
+
+
+def write_atomic(path: str | os.PathLike[str], chunks: Iterable[bytes]) -> None:
+    """Write ``chunks`` to ``path`` atomically: into a new temporary file beside it (``.<name>.<random>.tmp``,
+    usual umask permissions), flushed and ``fsync``-ed, renamed onto ``path`` with :func:`os.replace`, then the
+    directory ``fsync``-ed where the OS allows it. Readers see the old file or the complete new one; on any
+    exception the temporary file is removed and ``path`` is left untouched. Used for ``.dcc`` files, plots
+    and JSON results.
+
+    Raises:
+        OSError: the file system failed (permissions, disk full, ...).
+    """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    fd, tmp = _create_temp(directory, base)
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
-            for chunk in _chunks(plan):
+            for chunk in chunks:
                 f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
@@ -276,7 +289,6 @@ def write_container(path: str | os.PathLike[str], meta: Mapping[str, Any], secti
             pass
         raise
     _fsync_dir(directory)
-    return plan.total
 
 
 def _create_temp(directory: str, base: str) -> tuple[int, str]:
