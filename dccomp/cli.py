@@ -662,6 +662,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         dist.init_from_env()  # under torchrun (WORLD_SIZE > 1): join the process group
         args.func(args)
+        if dist.active():  # rank 0 writes and reports while the others are done: leave the group together
+            import torch
+
+            torch.distributed.barrier()
     except BrokenPipeError:  # `dccomp inspect f.dcc | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise SystemExit(0) from None
