@@ -81,6 +81,7 @@ def kmeans_1d(
     max_iter: int = 10_000,
     tol: float = 1e-9,
     empty: str = "drop",
+    sample_weight: np.ndarray | None = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Cluster 1-D ``values`` into at most ``k`` centroids with Lloyd's algorithm (paper §3.1).
 
@@ -107,6 +108,12 @@ def kmeans_1d(
         stops as soon as no value changes cluster (an exact fixed point).
     empty:
         ``"drop"`` or ``"reseed"``: empty-cluster policy, see the module docstring.
+    sample_weight:
+        Optional non-negative finite weights, shape ``(n,)``: the WCSS becomes
+        ``sum_i sample_weight[i] * (values[i] - c(i))**2`` (Hessian-weighted k-means, Choi et al.,
+        ICLR 2017, Eq. 8, with the Hessian's diagonal as the weights).  Every init and the Lloyd
+        updates use them; assignment stays to the nearest centroid.  Values whose weights are all 0
+        still get a label but pull no centroid.  ``None`` = all 1 (plain k-means).
 
     Returns
     -------
@@ -122,7 +129,7 @@ def kmeans_1d(
     ValueError
         ``k < 1``, ``values`` not 1-D, non-finite values (NaN/inf), values beyond the float32
         range (the codebook is float32), unknown ``init``/``empty``,
-        ``max_iter < 0`` or ``tol < 0``.
+        ``max_iter < 0`` or ``tol < 0``, ``sample_weight`` of another shape, negative or non-finite.
     TypeError
         ``values`` of a non-real dtype (complex, object, bool, str) or ``k`` not an integer.
     ImportError
@@ -130,9 +137,12 @@ def kmeans_1d(
     """
     x = _validate(values, k, init, max_iter, tol, empty)
     n = x.shape[0]
+    sw = _validate_weights(sample_weight, n)
     if n == 0:
         return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
     k = int(k)
+    if sw is not None:
+        return _weighted(x, sw, k, init, seed, max_iter, tol, empty)
 
     xs = np.sort(x)
     change = xs[1:] != xs[:-1]
@@ -200,6 +210,37 @@ def _validate(values, k, init, max_iter, tol, empty) -> np.ndarray:
     if x.dtype == np.float64 and x.size and np.abs(x).max() > np.finfo(np.float32).max:
         raise ValueError("values exceed the float32 range; the codebook is float32")
     return x
+
+
+def _validate_weights(sample_weight, n: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    sw = np.asarray(sample_weight, dtype=np.float64)
+    if sw.shape != (n,):
+        raise ValueError(f"sample_weight must have shape ({n},) like values, got {sw.shape}")
+    if n and (not np.isfinite(sw).all() or (sw < 0).any()):
+        raise ValueError("sample_weight must be finite and >= 0")
+    return sw
+
+
+def _weighted(x: np.ndarray, sw: np.ndarray, k: int, init: str, seed: int, max_iter: int, tol: float,
+              empty: str) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`kmeans_1d` with sample weights: distinct values carry the sum of their weights."""
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    starts = np.flatnonzero(np.concatenate(([True], xs[1:] != xs[:-1])))
+    u = xs[starts]
+    w = np.add.reduceat(sw[order], starts)
+    live = w > 0
+    if not live.any():  # no weight anywhere: plain k-means
+        return kmeans_1d(x, k, init=init, seed=seed, max_iter=max_iter, tol=tol, empty=empty)
+    uw, ww = u[live].astype(np.float64), w[live]
+    if uw.shape[0] <= k:
+        centroids = uw
+    else:
+        c0 = _init_centroids(uw, ww, k, init, seed)
+        centroids = _lloyd(uw, ww, c0, k, max_iter, tol, empty)
+    return _finalize(x, u, centroids)
 
 
 def _init_centroids(u: np.ndarray, w: np.ndarray, k: int, init: str, seed: int) -> np.ndarray:

@@ -13,7 +13,7 @@ from dccomp.ir import IR, State, Weight, decode_codebook
 from dccomp.kmeans import kmeans_1d
 from dccomp.pass_infra import Pass, PassContext, PassResult, select_value, selector_problem, validate_selectors
 
-__all__ = ["Cluster", "cluster_weight", "cluster_weight_grouped", "default_bits", "GRANULARITIES"]
+__all__ = ["Cluster", "store_clustered", "cluster_weight", "cluster_weight_grouped", "default_bits", "GRANULARITIES"]
 
 INITS = ("linear", "density", "random", "kmeans++", "optimal")
 EMPTY = ("drop", "reseed")
@@ -28,7 +28,8 @@ def default_bits(w: Weight) -> int:
 
 
 def cluster_weight(values: torch.Tensor, mask: torch.Tensor | None, bits: int, init: str = "linear",
-                   seed: int = 0, empty: str = "drop") -> tuple[torch.Tensor, torch.Tensor]:
+                   seed: int = 0, empty: str = "drop", sample_weight: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster the surviving entries of one weight.
 
     Args:
@@ -39,21 +40,24 @@ def cluster_weight(values: torch.Tensor, mask: torch.Tensor | None, bits: int, i
         empty: ``"drop"`` (centroids left empty are removed: k' < k) or ``"reseed"`` (each empty centroid is
             moved to the value with the largest error, so all k centroids are used when there are >= k distinct
             surviving values); see :mod:`dccomp.kmeans`.
+        sample_weight: optional non-negative importance of each entry (values' shape), e.g. the diagonal of the
+            layer's input Hessian (Hessian-weighted k-means, Choi et al. ICLR 2017); ``None``: all equal.
 
     Returns:
         ``(codebook float32 (k',), indices int64 of values' shape)``; indices are 0 at pruned positions.
     """
     live = mask if mask is not None else torch.ones_like(values, dtype=torch.bool)
     data = values.detach()[live].double().numpy()
-    codebook, labels = kmeans_1d(data, 2 ** bits, init=init, seed=seed, empty=empty)
+    sw = None if sample_weight is None else sample_weight.detach()[live].double().numpy()
+    codebook, labels = kmeans_1d(data, 2 ** bits, init=init, seed=seed, empty=empty, sample_weight=sw)
     indices = torch.zeros(values.shape, dtype=torch.int64)
     indices[live] = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return torch.from_numpy(np.asarray(codebook, dtype=np.float32)).clone(), indices
 
 
 def cluster_weight_grouped(values: torch.Tensor, mask: torch.Tensor | None, bits: int, n_groups: int,
-                           init: str = "linear", seed: int = 0, empty: str = "drop"
-                           ) -> tuple[torch.Tensor, torch.Tensor]:
+                           init: str = "linear", seed: int = 0, empty: str = "drop",
+                           sample_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster each group of dim-0 slices of one weight with its own codebook (per-channel weight sharing).
 
     Group ``g`` is the slices ``[g*S, (g+1)*S)`` of dim 0, ``S = shape[0] // n_groups`` (output channels of
@@ -67,6 +71,7 @@ def cluster_weight_grouped(values: torch.Tensor, mask: torch.Tensor | None, bits
         mask: bool tensor of the same shape (``True`` = survives) or ``None``.
         bits: bits per cluster index; each group gets at most ``2**bits`` centroids.
         n_groups: number of codebooks G, dividing ``shape[0]``.
+        sample_weight: optional per-entry importance (values' shape), as in :func:`cluster_weight`.
 
     Returns:
         ``(codebook float32 (G, k), indices int64 of values' shape)``, ``k = max_g k'_g >= 1``; indices are the
@@ -81,9 +86,11 @@ def cluster_weight_grouped(values: torch.Tensor, mask: torch.Tensor | None, bits
                          f"codebook groups; use a number of groups that divides {n0}")
     v = values.detach().reshape(n_groups, -1).double().numpy()
     live = (mask.reshape(n_groups, -1).numpy() if mask is not None else np.ones(v.shape, dtype=bool))
+    sw = None if sample_weight is None else sample_weight.detach().reshape(n_groups, -1).double().numpy()
     books, labels = [], []
     for g in range(n_groups):
-        cb, lab = kmeans_1d(v[g][live[g]], 2 ** bits, init=init, seed=seed + g, empty=empty)
+        cb, lab = kmeans_1d(v[g][live[g]], 2 ** bits, init=init, seed=seed + g, empty=empty,
+                            sample_weight=None if sw is None else sw[g][live[g]])
         books.append(cb)
         labels.append(lab)
     k = max(1, max(len(cb) for cb in books))
@@ -172,31 +179,54 @@ class Cluster(Pass):
                         f"or keep this layer per-tensor with granularity_layers={{...: \"tensor\"}} or exclude")
         return super().check(ir)
 
-    def run(self, ir: IR, ctx: PassContext) -> PassResult:
+    def targets(self, ir: IR) -> list[tuple[int, Weight, int]]:
+        """``(position, weight, bits)`` of every weight this pass clusters (``exclude`` left out, recorded in
+        ``ir.skipped``), in layer order.
+
+        Raises:
+            ValueError: a targeted weight holds NaN or infinite values.
+        """
+        out = []
         for i, w in enumerate(ir.weights.values()):
             if self.exclude and select_value(w, {self.exclude: True}, False):  # name, module or kind
-                ir.skipped[w.name] = f"excluded from cluster by exclude={self.exclude!r}"
+                ir.skipped[w.name] = f"excluded from {self.name} by exclude={self.exclude!r}"
                 continue
-            bits = int(select_value(w, self.layers, self.bits if self.bits is not None else default_bits(w)))
-            p = ir.param(w.name)
-            seed = ctx.seed + self.seed + i
-            if not torch.isfinite(p.detach()).all():
+            if not torch.isfinite(ir.param(w.name).detach()).all():
                 raise ValueError(f"weight {w.name!r} holds NaN or infinite values; k-means cannot cluster them: fix "
                                  "the model's weights (e.g. torch.nan_to_num) or exclude the layer with "
-                                 "cluster{exclude=...}")
-            if self._granularity(w) == "channel":
-                codebook, indices = cluster_weight_grouped(p, w.mask, bits, p.shape[0] // self.group_size,
-                                                           self.init, seed, self.empty)
-            else:
-                codebook, indices = cluster_weight(p, w.mask, bits, self.init, seed, self.empty)
-            with torch.no_grad():
-                live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
-                new = torch.zeros_like(p)
-                if codebook.numel():
-                    new[live] = decode_codebook(codebook, indices)[live].to(p.dtype)
-                p.copy_(new)
-            w.codebook, w.indices = codebook, indices
-            k = int(codebook.shape[-1])
-            w.bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1  # bits used
+                                 f"{self.name}{{exclude=...}}")
+            out.append((i, w, int(select_value(w, self.layers, self.bits if self.bits is not None
+                                               else default_bits(w)))))
+        return out
+
+    def codebook(self, ir: IR, w: Weight, bits: int, seed: int, sample_weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(codebook, indices)`` of weight ``w`` by k-means at this pass's granularity (see
+        :func:`cluster_weight` / :func:`cluster_weight_grouped`)."""
+        p = ir.param(w.name)
+        if self._granularity(w) == "channel":
+            return cluster_weight_grouped(p, w.mask, bits, p.shape[0] // self.group_size, self.init, seed,
+                                          self.empty, sample_weight)
+        return cluster_weight(p, w.mask, bits, self.init, seed, self.empty, sample_weight)
+
+    def run(self, ir: IR, ctx: PassContext) -> PassResult:
+        for i, w, bits in self.targets(ir):
+            codebook, indices = self.codebook(ir, w, bits, ctx.seed + self.seed + i)
+            store_clustered(ir, w, codebook, indices)
         ctx.record(k={w.name: w.k for w in ir.weights.values()})
         return PassResult(ir, True)
+
+
+def store_clustered(ir: IR, w: Weight, codebook: torch.Tensor, indices: torch.Tensor) -> None:
+    """Make ``w`` clustered with ``codebook`` ((k,) or (G, k) float32) and ``indices`` (int64, the weight's
+    shape): surviving weights take their centroid, pruned ones stay exactly 0, ``w.bits`` = bits used."""
+    p = ir.param(w.name)
+    with torch.no_grad():
+        live = w.mask if w.mask is not None else torch.ones_like(p, dtype=torch.bool)
+        new = torch.zeros_like(p)
+        if codebook.numel():
+            new[live] = decode_codebook(codebook, indices)[live].to(p.dtype)
+        p.copy_(new)
+    w.codebook, w.indices = codebook, indices
+    k = int(codebook.shape[-1])
+    w.bits = max(1, math.ceil(math.log2(k))) if k > 1 else 1  # bits used
