@@ -173,10 +173,11 @@ class Converters:
         self.lowered.add(pname)
 
     def _pick(self, cands: list[Candidate], w, density: float, rule_dense, x_shape, out_shape, name: str,
-              band: float = BAND):
+              band: float | None = None):
         """``(candidate, timed)``: the layer's layout by the ``weights=`` mode (:func:`.layouts.choose`), timing
         the candidates on this machine when :meth:`_calibrating` (sparse and dense layouts both within ``band``
-        of the rule's crossover)."""
+        of the rule's crossover; ``band`` defaults to the module's ``BAND``, read at call time)."""
+        band = BAND if band is None else band
         coded = None
         if w is not None and getattr(w, "coded", None) is not None:
             coded = int(w.coded.nbytes) + (0 if w.codebook is None else 4 * int(w.codebook.numel()))
