@@ -20,7 +20,9 @@ Per-channel codebooks (``cluster{granularity=channel}``): ``pcB`` (B = 3..8) fol
 weight with one B-bit k-means++ codebook per output channel (``--group-size`` channels per codebook), except the
 first conv and the depthwise convs (a 3x3 depthwise channel has only 9 weights), which keep one 8-bit codebook
 per tensor; Huffman, float16 codebooks. ``pcB-distill`` adds unlabelled distillation (``retrain{distill=1}``,
-``--epochs``/``--lr``) of the centroids and biases before coding.
+``--epochs``/``--lr``) of the centroids and biases before coding. ``gptq-pcB[-distill]``: the same with the
+data-aware ``gptq`` pass instead of ``cluster`` (Hessian-weighted k-means codebooks, GPTQ cluster indices) on
+``--calibration`` views of the *train* photos.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ from torch import nn
 
 CONFIGS = ("fp16", "int8-dynamic", "cluster8-linear", "cluster8", "fold-cluster8", "best", "best-8x")
 #: per-channel codebook configurations (not run by default): ``pc<bits>`` and ``pc<bits>-distill``.
-PC_CONFIG = re.compile(r"pc([3-8])(-distill)?")
+PC_CONFIG = re.compile(r"(gptq-)?pc([3-8])(-distill)?")
 #: ``best-8x``: the ``best`` recipe with these options, chosen to land at >= 8x.
 AGGRESSIVE = {"sparsity": 0.5, "bits": 5, "other_bits": 6}
 TARGET = {"ratio": 8.0, "agreement": 0.95}
@@ -94,13 +96,15 @@ def distil_pass(a: argparse.Namespace, epochs: float, lr: float) -> str:
             "optimizer=adam,weight_decay=0,freeze_bn=true}")
 
 
-def channel_pipeline(ir, a: argparse.Namespace, bits: int, distill: bool) -> str:
+def channel_pipeline(ir, a: argparse.Namespace, bits: int, distill: bool, gptq: bool = False) -> str:
     """fold-bn, per-channel ``bits``-bit k-means++ codebooks (first conv and depthwise convs: one 8-bit codebook
-    per tensor), [distil ``a.epochs``], Huffman with float16 codebooks."""
+    per tensor) by ``cluster`` or, with ``gptq``, by the data-aware ``gptq`` pass on ``a.calibration`` views,
+    [distil ``a.epochs``], Huffman with float16 codebooks."""
     first = next(iter(ir.weights.values())).name
     small = json.dumps("conv2d.depthwise|" + _alternation([first]))
-    cluster = (f"cluster{{bits={bits},init=kmeans++,granularity=channel,group_size={a.group_size},"
-               f"layers={{{small}:8}},granularity_layers={{{small}:\"tensor\"}}}}")
+    calib = f"samples={a.calibration}," if gptq else ""
+    cluster = (f"{'gptq' if gptq else 'cluster'}{{bits={bits},{calib}init=kmeans++,granularity=channel,"
+               f"group_size={a.group_size},layers={{{small}:8}},granularity_layers={{{small}:\"tensor\"}}}}")
     return "fold-bn," + cluster + ("," + distil_pass(a, a.epochs, a.lr) if distill else "") + \
         ",huffman{codebook_dtype=float16}"
 
@@ -134,8 +138,9 @@ def run_one(model_name: str, config: str, a: argparse.Namespace) -> dict:
         trainer = None
         pc = PC_CONFIG.fullmatch(config)
         if pc:
-            pipeline = channel_pipeline(dense_ir, a, int(pc.group(1)), bool(pc.group(2)))
-            if pc.group(2):
+            gptq = bool(pc.group(1))
+            pipeline = channel_pipeline(dense_ir, a, int(pc.group(2)), bool(pc.group(3)), gptq)
+            if gptq or pc.group(3):
                 views = zoo.photo_views(a.train_views, split="train", seed=2, size=a.distill_size)
                 trainer = dccomp.Trainer(views, batch_size=a.batch_size)
                 out.update(train_views=a.train_views, distill_size=a.distill_size, batch_size=a.batch_size)
@@ -185,6 +190,7 @@ def main() -> None:
     ap.add_argument("--other-bits", type=int, default=8, help="cluster bits of the layers that are not big")
     ap.add_argument("--min-numel", type=int, default=100_000)
     ap.add_argument("--group-size", type=int, default=1, help="output channels per codebook (pc* configs)")
+    ap.add_argument("--calibration", type=int, default=128, help="calibration views of the gptq-pc* configs")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default="bench/results/zoo.json")
